@@ -1,0 +1,90 @@
+"""Sampling the next token inside a TensorFlow graph, reproducibly per request.
+
+A served model sees requests merged into one batch by TensorFlow Serving's
+batching, so a row's sample must not depend on which other rows share its
+batch. TensorFlow's stateless samplers take one seed per call, not per row;
+so the noise here comes from a small counter-based generator: a 32-bit integer
+hash of (row seed, step, token index). Every row gets its own stream, the same
+request always gets the same text, and the whole thing is a handful of
+vectorised integer ops that any TensorFlow Serving build can run.
+
+Sampling uses the Gumbel-max trick: argmax(logits / T + Gumbel noise) is a
+draw from softmax(logits / T).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+_GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: spreads consecutive counters apart.
+
+
+def _mix32(x: tf.Tensor) -> tf.Tensor:
+    """`lowbias32`, a 32-bit integer hash with good avalanche (C. Wellons)."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+    x = x * tf.constant(0x7FEB352D, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(15, tf.uint32)))
+    x = x * tf.constant(0x846CA68B, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+
+
+def uniform_noise(seed: tf.Tensor, step: tf.Tensor, depth: int) -> tf.Tensor:
+    """Uniform numbers in (0, 1) that depend only on (seed, step, column).
+
+    Args:
+        seed: int64 `[batch]`, one seed per row.
+        step: int32 scalar, the generation step.
+        depth: Number of columns (the vocabulary size).
+
+    Returns:
+        float32 `[batch, depth]`.
+    """
+    seed = tf.cast(seed, tf.int64)
+    low = tf.cast(tf.bitwise.bitwise_and(seed, tf.constant(0xFFFFFFFF, tf.int64)), tf.uint32)
+    high = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(seed, tf.constant(32, tf.int64)),
+                                          tf.constant(0xFFFFFFFF, tf.int64)), tf.uint32)
+    row_key = _mix32(tf.bitwise.bitwise_xor(_mix32(low), high))
+    step_key = _mix32(tf.cast(step, tf.uint32) * tf.constant(_GOLDEN, tf.uint32) + tf.constant(1, tf.uint32))
+    key = _mix32(tf.bitwise.bitwise_xor(row_key, step_key))
+    columns = tf.range(depth, dtype=tf.int32)
+    counters = key[:, None] + tf.cast(columns, tf.uint32)[None, :] * tf.constant(_GOLDEN, tf.uint32)
+    bits = tf.bitwise.right_shift(_mix32(counters), tf.constant(8, tf.uint32))  # 24 random bits
+    return (tf.cast(bits, tf.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def restrict_to_top_k(logits: tf.Tensor, top_k: tf.Tensor) -> tf.Tensor:
+    """Set every logit below the row's k-th largest to -inf.
+
+    Args:
+        logits: float32 `[batch, vocab]`.
+        top_k: int32 `[batch]`; 0 (or anything >= vocab) keeps every token.
+
+    Returns:
+        float32 `[batch, vocab]`.
+    """
+    vocab_size = tf.shape(logits)[1]
+    k = tf.where(top_k > 0, tf.minimum(top_k, vocab_size), vocab_size)
+    descending = tf.sort(logits, axis=1, direction="DESCENDING")
+    kth_largest = tf.gather(descending, k - 1, axis=1, batch_dims=1)
+    return tf.where(logits < kth_largest[:, None], tf.constant(float("-inf")), logits)
+
+
+def sample_next(logits: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor, step: tf.Tensor,
+                top_k: tf.Tensor | None = None) -> tf.Tensor:
+    """Draw one token per row from softmax(logits / temperature).
+
+    Args:
+        logits: float32 `[batch, vocab]`.
+        temperature: float32 `[batch]`, > 0; near 0 is greedy decoding.
+        seed: int64 `[batch]`.
+        step: int32 scalar, the generation step (part of the noise counter).
+        top_k: Optional int32 `[batch]`: sample among the k most likely only.
+
+    Returns:
+        int32 `[batch]` token indices into `logits`' last axis.
+    """
+    scaled = logits / temperature[:, None]
+    if top_k is not None:
+        scaled = restrict_to_top_k(scaled, top_k)
+    gumbel = -tf.math.log(-tf.math.log(uniform_noise(seed, step, tf.shape(logits)[1])))
+    return tf.argmax(scaled + gumbel, axis=1, output_type=tf.int32)

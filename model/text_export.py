@@ -1,0 +1,249 @@
+"""Export a trained next-token model as a self-contained SavedModel.
+
+The SavedModel takes raw strings: tokenisation, the vocabulary, the recurrent
+state and the whole sampling loop live inside the graph, so another app needs
+nothing but TensorFlow. Signatures (every input has a leading batch dimension,
+as TensorFlow Serving's batching requires):
+
+    serving_default  text [b] string
+                     -> probabilities [b, V]   next-token distribution over
+                                               the vocabulary (metadata order)
+                        top_k_tokens [b, k], top_k_probabilities [b, k]
+    generate         text [b] string, max_tokens [b] int32,
+                     temperature [b] float32, seed [b] int64
+                     -> generated [b] string   the continuation only
+    generate_top_k   the same plus top_k [b] int32 (0 = no restriction)
+    metadata         () -> model_kind, cell, token_level, seq_len, vocabulary
+
+Inference steps the recurrent *cells* one token at a time and carries their
+state, so n new tokens cost n steps (no window is ever re-fed). Using the
+cells also keeps cuDNN out of the graph: a model trained on a GPU exports
+only ops that a CPU-only TensorFlow Serving can run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model import export, sampling
+from model.config import MAX_TOKENS_LIMIT
+from model.vocabulary import FIRST_TOKEN_ID, OOV_TOKEN, make_lookup
+
+
+def recurrent_layers(model: keras.Model) -> list[keras.layers.RNN]:
+    """The model's recurrent layers, bottom to top."""
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.RNN)]
+
+
+class TextModelSignatures(tf.Module):
+    """The serving signatures of a next-token model, as a `tf.Module`.
+
+    Args:
+        model: A trained model from `model.builders.build_next_token_model`.
+        vocabulary: The vocabulary (ids 2...), in id order.
+        token_level: `"char"` or `"word"`.
+        unigram_counts: Training counts of each vocabulary token; their
+            distribution answers an empty prompt, which has no state yet.
+        metadata: Facts about the model, returned by the `metadata` signature.
+        top_k: Width of `serving_default`'s top-k outputs.
+    """
+
+    def __init__(self, model: keras.Model, vocabulary: Sequence[str], token_level: str,
+                 unigram_counts: Sequence[int], metadata: dict[str, Any], top_k: int = 5):
+        super().__init__(name="text_model")
+        self.model = model
+        self.lookup = make_lookup(vocabulary)
+        self._embedding = model.get_layer("embedding")
+        self._cells = [layer.cell for layer in recurrent_layers(model)]
+        self._logits = model.get_layer("logits")
+        self._vocabulary = tf.constant(list(vocabulary), dtype=tf.string)
+        self._separator = "" if token_level == "char" else " "
+        self._top_k = min(top_k, len(vocabulary))
+        counts = np.asarray(unigram_counts, dtype=np.float64) + 1.0  # Laplace smoothing
+        self._unigram_logits = tf.constant(np.log(counts / counts.sum()), dtype=tf.float32)
+        self._metadata = {key: tf.constant(value) for key, value in {
+            "model_kind": metadata["model_kind"], "cell": metadata["cell"],
+            "token_level": token_level, "seq_len": np.int32(metadata["seq_len"]),
+            "vocabulary": list(vocabulary)}.items()}
+
+    # -- one step of the network -------------------------------------------------
+
+    def _zero_states(self, batch: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        states = []
+        for cell in self._cells:
+            for size in tf.nest.flatten(cell.state_size):
+                states.append(tf.zeros([batch, size]))
+        return tuple(states)
+
+    def _step(self, token_ids: tf.Tensor, states: tuple[tf.Tensor, ...]):
+        """Feed one token per row; return next-token logits over the vocabulary and new states."""
+        x = self._embedding(token_ids)
+        new_states, offset = [], 0
+        for cell in self._cells:
+            count = len(tf.nest.flatten(cell.state_size))
+            x, cell_states = cell(x, list(states[offset:offset + count]), training=False)
+            new_states.extend(tf.nest.flatten(cell_states))
+            offset += count
+        # Padding and OOV are never predicted: drop their logits, so they are never sampled.
+        return self._logits(x)[:, FIRST_TOKEN_ID:], tuple(new_states)
+
+    def _encode(self, text: tf.Tensor):
+        """Run the prompts through the network; return last logits and states."""
+        if self._separator:
+            tokens = tf.strings.split(text)
+        else:
+            tokens = tf.strings.unicode_split(text, "UTF-8")
+        ids = tf.cast(self.lookup(tokens), tf.int32)  # unknown tokens -> OOV id
+        lengths = tf.cast(ids.row_lengths(), tf.int32)
+        padded = ids.to_tensor(0)  # right-padded
+        batch = tf.shape(padded)[0]
+        states = self._zero_states(batch)
+        logits = tf.tile(self._unigram_logits[None, :], [batch, 1])  # empty prompt
+        for t in tf.range(tf.shape(padded)[1]):
+            step_logits, step_states = self._step(padded[:, t], states)
+            active = (t < lengths)[:, None]  # rows past their prompt keep their state
+            logits = tf.where(active, step_logits, logits)
+            states = tuple(tf.where(active, new, old) for new, old in zip(step_states, states))
+        return logits, states, lengths
+
+    def _check_batch(self, text, *others):
+        checks = [tf.debugging.assert_equal(
+            tf.shape(other)[0], tf.shape(text)[0],
+            message=f"{name} must have one value per prompt in text (same batch size)")
+            for name, other in others]
+        return checks
+
+    def _generate(self, text, max_tokens, temperature, seed, top_k=None):
+        named = [("max_tokens", max_tokens), ("temperature", temperature), ("seed", seed)]
+        if top_k is not None:
+            named.append(("top_k", top_k))
+        checks = self._check_batch(text, *named) + [
+            tf.debugging.assert_non_negative(max_tokens, message="max_tokens must be >= 0"),
+            tf.debugging.assert_less_equal(
+                max_tokens, MAX_TOKENS_LIMIT, message=f"max_tokens must be <= {MAX_TOKENS_LIMIT}"),
+            tf.debugging.assert_positive(
+                temperature, message="temperature must be > 0 (use a small value such as 0.01 for greedy)"),
+        ]
+        if top_k is not None:
+            checks.append(tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0 = all tokens)"))
+        with tf.control_dependencies(checks):
+            logits, states, lengths = self._encode(text)
+        steps = tf.reduce_max(tf.concat([max_tokens, [0]], axis=0))
+        sampled = tf.TensorArray(tf.int32, size=steps)
+        for step in tf.range(steps):
+            ids = sampling.sample_next(logits, temperature, seed, step, top_k)
+            sampled = sampled.write(step, ids)
+            logits, states = self._step(ids + FIRST_TOKEN_ID, states)
+        tokens = tf.gather(self._vocabulary, tf.transpose(sampled.stack()))  # [b, steps]
+        keep = tf.sequence_mask(max_tokens, steps)  # each row stops at its own max_tokens
+        generated = tf.strings.reduce_join(tf.ragged.boolean_mask(tokens, keep), axis=1,
+                                           separator=self._separator)
+        if self._separator:  # words: a space between the prompt and the continuation
+            needs_space = (lengths > 0) & (max_tokens > 0)
+            generated = tf.where(needs_space, tf.strings.join([" ", generated]), generated)
+        return {"generated": generated}
+
+    # -- signatures ---------------------------------------------------------------
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
+    def next_token(self, text):
+        logits, _, _ = self._encode(text)
+        probabilities = tf.nn.softmax(logits)
+        top = tf.math.top_k(probabilities, k=self._top_k)
+        return {
+            "probabilities": probabilities,
+            "top_k_tokens": tf.gather(self._vocabulary, top.indices),
+            "top_k_probabilities": top.values,
+        }
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.string, name="text"),
+        tf.TensorSpec([None], tf.int32, name="max_tokens"),
+        tf.TensorSpec([None], tf.float32, name="temperature"),
+        tf.TensorSpec([None], tf.int64, name="seed"),
+    ])
+    def generate(self, text, max_tokens, temperature, seed):
+        return self._generate(text, max_tokens, temperature, seed)
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.string, name="text"),
+        tf.TensorSpec([None], tf.int32, name="max_tokens"),
+        tf.TensorSpec([None], tf.float32, name="temperature"),
+        tf.TensorSpec([None], tf.int64, name="seed"),
+        tf.TensorSpec([None], tf.int32, name="top_k"),
+    ])
+    def generate_top_k(self, text, max_tokens, temperature, seed, top_k):
+        return self._generate(text, max_tokens, temperature, seed, top_k)
+
+    @tf.function(input_signature=[])
+    def metadata(self):
+        return dict(self._metadata)
+
+    def signatures(self) -> dict[str, Any]:
+        return {"serving_default": self.next_token, "generate": self.generate,
+                "generate_top_k": self.generate_top_k, "metadata": self.metadata}
+
+
+def export_text_model(model: keras.Model, base_dir: str | Path, vocabulary: Sequence[str],
+                      token_level: str, unigram_counts: Sequence[int], seq_len: int,
+                      extra_metadata: dict[str, Any] | None = None, top_k: int = 5) -> Path:
+    """Export a trained next-token model as the next version under `base_dir`.
+
+    Args:
+        model: The trained Keras model.
+        base_dir: `saved_models/<name>`; the model is served under `<name>`.
+        vocabulary: Vocabulary in id order (ids 2...).
+        token_level: `"char"` or `"word"`.
+        unigram_counts: Training count of each vocabulary token.
+        seq_len: Training window length (recorded in the metadata).
+        extra_metadata: More facts for `assets/metadata.json` (e.g. the run id).
+        top_k: Width of `serving_default`'s top-k outputs.
+
+    Returns:
+        The version directory written, e.g. `saved_models/<name>/3`.
+    """
+    layers = recurrent_layers(model)
+    metadata = {
+        "model_kind": "next_token",
+        "cell": {keras.layers.SimpleRNN: "simple_rnn", keras.layers.LSTM: "lstm",
+                 keras.layers.GRU: "gru"}[type(layers[0])],
+        "layers": len(layers),
+        "units": int(layers[0].units),
+        "token_level": token_level,
+        "seq_len": int(seq_len),
+        "oov_token": OOV_TOKEN,
+        "vocabulary": list(vocabulary),
+        "max_tokens_limit": MAX_TOKENS_LIMIT,
+        "signatures": {
+            "serving_default": "text -> probabilities, top_k_tokens, top_k_probabilities",
+            "generate": "text, max_tokens, temperature, seed -> generated",
+            "generate_top_k": "text, max_tokens, temperature, seed, top_k -> generated",
+            "metadata": "() -> model_kind, cell, token_level, seq_len, vocabulary",
+        },
+        **(extra_metadata or {}),
+    }
+    module = TextModelSignatures(model, vocabulary, token_level, unigram_counts, metadata, top_k)
+    name = Path(base_dir).name
+
+    def write(directory: Path) -> None:
+        tf.saved_model.save(module, str(directory), signatures=module.signatures())
+        export.write_metadata(directory, metadata)
+        prompt = np.array([" ".join(vocabulary[:3]) if token_level == "word" else "".join(vocabulary[:3])])
+        export.write_warmup_requests(directory, name, [
+            ("serving_default", {"text": prompt}),
+            ("generate", {"text": prompt, "max_tokens": np.array([8], np.int32),
+                          "temperature": np.array([1.0], np.float32), "seed": np.array([0], np.int64)}),
+        ])
+
+    return export.export_new_version(base_dir, write)
+
+
+def read_metadata(version_dir: str | Path) -> dict[str, Any]:
+    """Read `assets/metadata.json` of an exported version."""
+    return json.loads((Path(version_dir) / export.METADATA_FILE).read_text(encoding="utf-8"))

@@ -1,0 +1,276 @@
+"""Training machinery shared by every pipeline: run directories, callbacks, fit.
+
+A run lives in `runs/<run-id>/`:
+
+    runs/<run-id>/
+      tensorboard/         TensorBoard logs (`tensorboard --logdir runs`)
+      history.csv          one row per epoch (CSVLogger)
+      best.weights.h5      weights of the best validation loss so far
+      backup/              BackupAndRestore state: rerun with the same
+                           --run-id and a killed run resumes where it stopped
+      summary.json         written once, when the run has finished
+
+Everything here is plain Keras: `Model.fit` with Keras callbacks, plus two
+small callbacks of our own (a wall-time budget and a throughput meter).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import keras
+import tensorflow as tf
+
+from model.config import OptimizerConfig, TrainingConfig, UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDirectory:
+    """Paths of one training run.
+
+    Attributes:
+        path: The run's directory, `<runs_dir>/<run_id>`.
+    """
+
+    path: Path
+
+    @classmethod
+    def open(cls, runs_dir: str, run_id: Optional[str], default_name: str) -> "RunDirectory":
+        """Create a new run directory, or reopen an unfinished one to resume it.
+
+        Args:
+            runs_dir: Parent directory of all runs.
+            run_id: Directory name; None picks `<timestamp>-<default_name>`.
+            default_name: Suffix of generated run ids (e.g. the model name).
+
+        Returns:
+            The run directory, created on disk.
+
+        Raises:
+            UsageError: If `run_id` names a run that has already finished.
+        """
+        run_id = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{default_name}"
+        run = cls(Path(runs_dir) / run_id)
+        if run.summary_json.exists():
+            raise UsageError(f"run {run.path} has already finished; pick a new --run-id "
+                             "(reusing one only resumes an interrupted run)")
+        if run.path.exists() and not run.path.is_dir():
+            raise UsageError(f"run directory {run.path} is a file; pick another --run-id or --runs-dir")
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"cannot create run directory {run.path} ({error.strerror}); "
+                             "pass a writable --runs-dir") from None
+        return run
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def history_csv(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def best_weights(self) -> Path:
+        return self.path / "best.weights.h5"
+
+    @property
+    def backup(self) -> Path:
+        return self.path / "backup"
+
+    @property
+    def summary_json(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def is_resuming(self) -> bool:
+        """True when an interrupted run left BackupAndRestore state behind."""
+        return self.backup.is_dir() and any(self.backup.iterdir())
+
+    def best_val_loss_so_far(self) -> float:
+        """Lowest validation loss in history.csv (inf for a new run)."""
+        if not self.history_csv.exists():
+            return math.inf
+        with self.history_csv.open() as f:
+            losses = [float(row["val_loss"]) for row in csv.DictReader(f) if row.get("val_loss")]
+        return min(losses, default=math.inf)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write summary.json atomically (a reader never sees half a file)."""
+        temporary = self.summary_json.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(temporary, self.summary_json)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training once a wall-time budget is spent (checked every batch).
+
+    Args:
+        minutes: The budget.
+    """
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.seconds = minutes * 60.0
+        self.exhausted = False
+        self._start = 0.0
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.perf_counter() - self._start >= self.seconds:
+            self.exhausted = True
+            self.model.stop_training = True
+
+
+class ThroughputMeter(keras.callbacks.Callback):
+    """Counts training steps and the wall time spent in them (not in validation).
+
+    Attributes:
+        steps: Training batches run.
+        train_seconds: Wall time from each epoch's start to its validation.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+        self.train_seconds = 0.0
+        self._epoch_start: Optional[float] = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+    def _close_training_span(self):
+        if self._epoch_start is not None:
+            self.train_seconds += time.perf_counter() - self._epoch_start
+            self._epoch_start = None
+
+    def on_test_begin(self, logs=None):
+        self._close_training_span()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._close_training_span()
+
+    def on_train_end(self, logs=None):
+        self._close_training_span()
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """What `train` measured.
+
+    Attributes:
+        history: Per-epoch metrics of this invocation (`History.history`).
+        epochs_run: Epochs completed in this invocation.
+        steps: Training steps run in this invocation.
+        train_seconds: Wall time in training steps (excluding validation).
+        wall_seconds: Wall time of the whole `fit`.
+        best_val_loss: Lowest validation loss of the run, resumed epochs included.
+        stopped_early: EarlyStopping ended the run.
+        stopped_by_time_budget: The time budget ended the run.
+        resumed: The run resumed from BackupAndRestore state.
+    """
+
+    history: dict[str, list[float]]
+    epochs_run: int
+    steps: int
+    train_seconds: float
+    wall_seconds: float
+    best_val_loss: float
+    stopped_early: bool
+    stopped_by_time_budget: bool
+    resumed: bool
+
+
+def standard_callbacks(run: RunDirectory, config: TrainingConfig,
+                       optimizer_config: OptimizerConfig) -> list[keras.callbacks.Callback]:
+    """The Keras callbacks every run uses.
+
+    Args:
+        run: Where logs and checkpoints go.
+        config: Patience for early stopping.
+        optimizer_config: Selects ReduceLROnPlateau for the `"plateau"` schedule.
+
+    Returns:
+        BackupAndRestore, ModelCheckpoint (best validation loss, carried over
+        when resuming), CSVLogger, TensorBoard, TerminateOnNaN, and where
+        configured EarlyStopping and ReduceLROnPlateau.
+    """
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(run.backup)),
+        keras.callbacks.ModelCheckpoint(
+            str(run.best_weights), monitor="val_loss", save_best_only=True,
+            save_weights_only=True, initial_value_threshold=run.best_val_loss_so_far()),
+        keras.callbacks.CSVLogger(str(run.history_csv), append=True),
+        keras.callbacks.TensorBoard(str(run.tensorboard), profile_batch=0),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    if config.patience > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
+    if optimizer_config.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)))
+    return callbacks
+
+
+def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dataset,
+          run: RunDirectory, config: TrainingConfig, optimizer_config: OptimizerConfig,
+          extra_callbacks: Iterable[keras.callbacks.Callback] = ()) -> TrainingResult:
+    """Fit a compiled model with the standard callbacks, then load its best weights.
+
+    Args:
+        model: A compiled Keras model.
+        train_data: Batches of (inputs, targets); reshuffled every epoch.
+        val_data: Validation batches.
+        run: The run directory (resumes if it holds backup state).
+        config: Epochs, steps per epoch, patience and time budget.
+        optimizer_config: For the plateau schedule.
+        extra_callbacks: More callbacks (e.g. monitors, or a test's fault injector).
+
+    Returns:
+        A `TrainingResult`; the model holds the weights of the best epoch.
+    """
+    resumed = run.is_resuming
+    meter = ThroughputMeter()
+    callbacks = standard_callbacks(run, config, optimizer_config) + [meter, *extra_callbacks]
+    budget = None
+    if config.time_budget_minutes is not None:
+        budget = TimeBudget(config.time_budget_minutes)
+        callbacks.append(budget)
+    early_stopping = next((c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)), None)
+
+    start = time.perf_counter()
+    history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
+                        steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, shuffle=False,
+                        verbose=1)  # shuffle=False: the dataset reshuffles itself
+    wall_seconds = time.perf_counter() - start
+
+    if run.best_weights.exists():
+        model.load_weights(str(run.best_weights))
+    return TrainingResult(
+        history={k: [float(v) for v in vs] for k, vs in history.history.items()},
+        epochs_run=len(history.history.get("loss", [])),
+        steps=meter.steps,
+        train_seconds=meter.train_seconds,
+        wall_seconds=wall_seconds,
+        best_val_loss=run.best_val_loss_so_far(),
+        stopped_early=bool(early_stopping and early_stopping.stopped_epoch > 0),
+        stopped_by_time_budget=bool(budget and budget.exhausted),
+        resumed=resumed,
+    )

@@ -1,0 +1,98 @@
+"""Command-line plumbing shared by the pipelines.
+
+Each pipeline adds its data flags; the model, optimiser and training flags
+are declared once here and turned into the dataclasses of `model.config`.
+`run_main` turns a `UsageError` into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+from model.config import CELLS, LR_SCHEDULES, ModelConfig, OptimizerConfig, TrainingConfig, UsageError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is a one-line error with exit status 2."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        raise UsageError(f"{message} (see --help)")
+
+
+def add_model_flags(parser: argparse.ArgumentParser, default_units: int = 256) -> None:
+    group = parser.add_argument_group("model")
+    # Not `choices=`: an unknown cell gets the same one-line error as every other bad value.
+    group.add_argument("--cell", default="lstm", help=f"recurrent layer: {' | '.join(CELLS)} (default lstm)")
+    group.add_argument("--units", type=int, default=default_units, help="width of each recurrent layer")
+    group.add_argument("--layers", type=int, default=1, help="number of stacked recurrent layers")
+    group.add_argument("--dropout", type=float, default=0.0, help="dropout after each recurrent layer")
+
+
+def add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("optimiser and gradient clipping (clipnorm 1.0 by default)")
+    group.add_argument("--learning-rate", type=float, default=2e-3)
+    group.add_argument("--lr-schedule", default="constant", help=" | ".join(LR_SCHEDULES))
+    group.add_argument("--lr-half-life-steps", type=int, default=1000,
+                       help="half-life of the exponential schedule, in steps")
+    clipping = group.add_mutually_exclusive_group()
+    clipping.add_argument("--clipnorm", type=float, default=None,
+                          help="rescale each gradient to this norm (default 1.0)")
+    clipping.add_argument("--global-clipnorm", type=float, default=None,
+                          help="rescale all gradients together to this global norm")
+    clipping.add_argument("--clipvalue", type=float, default=None, help="clip each gradient element")
+    clipping.add_argument("--no-clip", action="store_true", help="turn gradient clipping off")
+
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--epochs", type=int, default=10)
+    group.add_argument("--batch-size", type=int, default=64)
+    group.add_argument("--steps-per-epoch", type=int, default=None)
+    group.add_argument("--patience", type=int, default=3,
+                       help="early-stopping patience in epochs (0: off)")
+    group.add_argument("--time-budget-minutes", type=float, default=None,
+                       help="stop training after this much wall time")
+    group.add_argument("--seed", type=int, default=1337)
+    group.add_argument("--runs-dir", default="runs", help="parent of run directories")
+    group.add_argument("--run-id", default=None,
+                       help="run directory name; reuse an interrupted run's id to resume it")
+
+
+def model_config(args: argparse.Namespace, **extra) -> ModelConfig:
+    config = ModelConfig(cell=args.cell, units=args.units, layers=args.layers, dropout=args.dropout, **extra)
+    config.validate()
+    return config
+
+
+def optimizer_config(args: argparse.Namespace) -> OptimizerConfig:
+    clip, value = "clipnorm", 1.0
+    for name in ("clipnorm", "global_clipnorm", "clipvalue"):
+        if getattr(args, name) is not None:
+            clip, value = name, getattr(args, name)
+    if args.no_clip:
+        clip = "none"
+    config = OptimizerConfig(learning_rate=args.learning_rate, clip=clip, clip_value=value,
+                             lr_schedule=args.lr_schedule, lr_half_life_steps=args.lr_half_life_steps)
+    config.validate()
+    return config
+
+
+def training_config(args: argparse.Namespace) -> TrainingConfig:
+    config = TrainingConfig(
+        epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
+        patience=args.patience, time_budget_minutes=args.time_budget_minutes, seed=args.seed,
+        runs_dir=args.runs_dir, run_id=args.run_id)
+    config.validate()
+    return config
+
+
+def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
+    """Run a pipeline's `main`; a `UsageError` becomes one stderr line and exit code 2."""
+    try:
+        return main(argv)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,168 @@
+"""Text data for next-token models: read a corpus, build ids, cut windows.
+
+The corpus is split contiguously (the last `val_fraction` of the tokens is
+validation, never shuffled into training), the vocabulary is built from the
+training span only, and each span is cut into windows of `seq_len + 1`
+tokens: the first `seq_len` are the input, the last `seq_len` the targets
+(the same window shifted by one), as in char-rnn.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from model.config import UsageError
+from model.vocabulary import TOKEN_LEVELS, build_vocabulary, encode, tokenize
+
+DEFAULT_CORPUS_NAME = "pydoc_data.topics"
+
+
+def default_corpus() -> str:
+    """CPython's own reference documentation (~465k characters), on every machine.
+
+    `pydoc_data.topics` ships with the standard library and holds the text of
+    the Python language reference that `help()` shows: no download needed.
+    """
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key] for key in sorted(topics))
+
+
+def read_corpus(path: str | os.PathLike) -> str:
+    """Read a UTF-8 text file.
+
+    Raises:
+        UsageError: Missing file, a directory, unreadable, empty, or not UTF-8
+            (the message names the byte offset of the first bad byte).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"--corpus {path} does not exist; pass the path of a UTF-8 text file")
+    if path.is_dir():
+        raise UsageError(f"--corpus {path} is a directory; pass the path of a UTF-8 text file")
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"--corpus {path} cannot be read ({error.strerror}); check its permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UsageError(f"--corpus {path} is not UTF-8: invalid byte 0x{raw[error.start]:02x} at byte "
+                         f"offset {error.start}; convert it, e.g. iconv -f latin1 -t utf-8") from None
+    if not text.strip():
+        raise UsageError(f"--corpus {path} is empty; pass a file with some text in it")
+    return text
+
+
+@dataclasses.dataclass
+class TextData:
+    """A tokenised corpus split for training.
+
+    Attributes:
+        vocabulary: Tokens with ids 2..., most frequent first.
+        token_level: `"char"` or `"word"`.
+        train_ids: int32 ids of the training span.
+        val_ids: int32 ids of the validation span (the end of the corpus).
+        unigram_counts: Count of each vocabulary token in the training span.
+    """
+
+    vocabulary: list[str]
+    token_level: str
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    unigram_counts: list[int]
+
+    @property
+    def oov_share_val(self) -> float:
+        """Share of validation tokens unseen in training."""
+        return float(np.mean(self.val_ids == 1)) if len(self.val_ids) else 0.0
+
+
+def prepare_text(text: str, token_level: str = "char", seq_len: int = 100,
+                 val_fraction: float = 0.1, max_vocab: Optional[int] = None) -> TextData:
+    """Tokenise, split contiguously and encode a corpus.
+
+    Args:
+        text: The corpus.
+        token_level: `"char"` (default) or `"word"` (whitespace-separated).
+        seq_len: Window length; both spans must hold at least one window.
+        val_fraction: Share of tokens, at the end, kept for validation.
+        max_vocab: Keep only the most frequent tokens; others become OOV.
+
+    Returns:
+        A `TextData`.
+
+    Raises:
+        UsageError: If a setting is out of range or the corpus is too short.
+    """
+    if token_level not in TOKEN_LEVELS:
+        raise UsageError(f"unknown token level {token_level!r}: choose one of {', '.join(TOKEN_LEVELS)}")
+    if seq_len <= 0:
+        raise UsageError(f"--seq-len must be a positive integer, got {seq_len}")
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if max_vocab is not None and max_vocab <= 0:
+        raise UsageError(f"--max-vocab must be a positive integer, got {max_vocab}")
+    tokens = tokenize(text, token_level)
+    n_val = int(round(len(tokens) * val_fraction))
+    train_tokens, val_tokens = tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:]
+    needed = seq_len + 1
+    if len(train_tokens) < needed + 1 or len(val_tokens) < needed:
+        minimum = int(np.ceil(max((needed + 1) / (1 - val_fraction), needed / val_fraction)))
+        unit = "characters" if token_level == "char" else "words"
+        raise UsageError(f"corpus too short: {len(tokens)} {unit}, but --seq-len {seq_len} with "
+                         f"--val-fraction {val_fraction} needs at least {minimum}; "
+                         "use a longer corpus or a smaller --seq-len")
+    vocabulary = build_vocabulary(train_tokens, max_vocab)
+    counts = collections.Counter(train_tokens)
+    return TextData(
+        vocabulary=vocabulary,
+        token_level=token_level,
+        train_ids=encode(train_tokens, vocabulary),
+        val_ids=encode(val_tokens, vocabulary),
+        unigram_counts=[counts[token] for token in vocabulary],
+    )
+
+
+def window_count(ids: np.ndarray, seq_len: int) -> int:
+    """Number of (input, target) windows of `seq_len` tokens cut from `ids`."""
+    return max(0, (len(ids) - 1) // seq_len)
+
+
+def make_dataset(ids: np.ndarray, seq_len: int, batch_size: int, shuffle: bool, seed: int = 0):
+    """Windows of `seq_len` inputs and their next-token targets, batched.
+
+    Windows start every `seq_len` tokens, so every token is a target once per
+    epoch. Training windows are reshuffled every epoch and batched with a fixed
+    batch size (the batch is shrunk when there are fewer windows).
+
+    Args:
+        ids: int32 token ids.
+        seq_len: Window length.
+        batch_size: Windows per batch.
+        shuffle: Reshuffle windows every epoch and drop a partial last batch
+            (training); otherwise keep order and every window (evaluation).
+        seed: Shuffling seed.
+
+    Returns:
+        A `tf.data.Dataset` of `(inputs [b, seq_len], targets [b, seq_len])`.
+    """
+    import keras
+    import tensorflow as tf
+
+    windows = keras.utils.timeseries_dataset_from_array(
+        ids, targets=None, sequence_length=seq_len + 1, sequence_stride=seq_len,
+        batch_size=None, shuffle=False)
+    count = window_count(ids, seq_len)
+    windows = windows.take(count)  # a final window needs seq_len + 1 tokens
+    if shuffle:
+        windows = windows.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    batches = windows.batch(min(batch_size, count), drop_remainder=shuffle)
+    return batches.map(lambda w: (w[:, :-1], w[:, 1:]),
+                       num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
