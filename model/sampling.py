@@ -3,13 +3,15 @@
 A served model sees requests merged into one batch by TensorFlow Serving's
 batching, so a row's sample must not depend on which other rows share its
 batch. TensorFlow's stateless samplers take one seed per call, not per row;
-so the noise here comes from a small counter-based generator: a 32-bit integer
-hash of (row seed, step, token index). Every row gets its own stream, the same
-request always gets the same text, and the whole thing is a handful of
-vectorised integer ops that any TensorFlow Serving build can run.
+so the randomness here comes from a small counter-based generator: a 32-bit
+integer hash of (row seed, step). Every row gets its own stream, the same
+request always gets the same text, and all the random numbers of a request
+are made up front in a few vectorised integer ops that any TensorFlow Serving
+build can run.
 
-Sampling uses the Gumbel-max trick: argmax(logits / T + Gumbel noise) is a
-draw from softmax(logits / T).
+Each step then draws by inverting the cumulative distribution: the token is
+the first whose cumulative probability exceeds the row's uniform number. That
+costs a softmax, a cumsum and a search per step, which keeps generation fast.
 """
 
 from __future__ import annotations
@@ -28,27 +30,25 @@ def _mix32(x: tf.Tensor) -> tf.Tensor:
     return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
 
 
-def uniform_noise(seed: tf.Tensor, step: tf.Tensor, depth: int) -> tf.Tensor:
-    """Uniform numbers in (0, 1) that depend only on (seed, step, column).
+def uniform_noise(seed: tf.Tensor, steps: tf.Tensor) -> tf.Tensor:
+    """Uniform numbers in (0, 1) that depend only on (row seed, step).
 
     Args:
         seed: int64 `[batch]`, one seed per row.
-        step: int32 scalar, the generation step.
-        depth: Number of columns (the vocabulary size).
+        steps: int32 scalar, how many numbers each row needs.
 
     Returns:
-        float32 `[batch, depth]`.
+        float32 `[batch, steps]`.
     """
     seed = tf.cast(seed, tf.int64)
-    low = tf.cast(tf.bitwise.bitwise_and(seed, tf.constant(0xFFFFFFFF, tf.int64)), tf.uint32)
-    high = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(seed, tf.constant(32, tf.int64)),
-                                          tf.constant(0xFFFFFFFF, tf.int64)), tf.uint32)
+    mask32 = tf.constant(0xFFFFFFFF, tf.int64)
+    low = tf.cast(tf.bitwise.bitwise_and(seed, mask32), tf.uint32)
+    high = tf.cast(tf.bitwise.bitwise_and(tf.bitwise.right_shift(seed, tf.constant(32, tf.int64)), mask32),
+                   tf.uint32)
     row_key = _mix32(tf.bitwise.bitwise_xor(_mix32(low), high))
-    step_key = _mix32(tf.cast(step, tf.uint32) * tf.constant(_GOLDEN, tf.uint32) + tf.constant(1, tf.uint32))
-    key = _mix32(tf.bitwise.bitwise_xor(row_key, step_key))
-    columns = tf.range(depth, dtype=tf.int32)
-    counters = key[:, None] + tf.cast(columns, tf.uint32)[None, :] * tf.constant(_GOLDEN, tf.uint32)
-    bits = tf.bitwise.right_shift(_mix32(counters), tf.constant(8, tf.uint32))  # 24 random bits
+    counters = tf.cast(tf.range(steps), tf.uint32) * tf.constant(_GOLDEN, tf.uint32)
+    bits = _mix32(_mix32(row_key[:, None] + counters[None, :]))
+    bits = tf.bitwise.right_shift(bits, tf.constant(8, tf.uint32))  # keep 24 bits: exact in float32
     return (tf.cast(bits, tf.float32) + 0.5) * (1.0 / (1 << 24))
 
 
@@ -69,15 +69,14 @@ def restrict_to_top_k(logits: tf.Tensor, top_k: tf.Tensor) -> tf.Tensor:
     return tf.where(logits < kth_largest[:, None], tf.constant(float("-inf")), logits)
 
 
-def sample_next(logits: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor, step: tf.Tensor,
+def sample_next(logits: tf.Tensor, temperature: tf.Tensor, uniform: tf.Tensor,
                 top_k: tf.Tensor | None = None) -> tf.Tensor:
     """Draw one token per row from softmax(logits / temperature).
 
     Args:
         logits: float32 `[batch, vocab]`.
         temperature: float32 `[batch]`, > 0; near 0 is greedy decoding.
-        seed: int64 `[batch]`.
-        step: int32 scalar, the generation step (part of the noise counter).
+        uniform: float32 `[batch]` in (0, 1), this step's numbers from `uniform_noise`.
         top_k: Optional int32 `[batch]`: sample among the k most likely only.
 
     Returns:
@@ -86,5 +85,7 @@ def sample_next(logits: tf.Tensor, temperature: tf.Tensor, seed: tf.Tensor, step
     scaled = logits / temperature[:, None]
     if top_k is not None:
         scaled = restrict_to_top_k(scaled, top_k)
-    gumbel = -tf.math.log(-tf.math.log(uniform_noise(seed, step, tf.shape(logits)[1])))
-    return tf.argmax(scaled + gumbel, axis=1, output_type=tf.int32)
+    cumulative = tf.math.cumsum(tf.nn.softmax(scaled), axis=1)
+    chosen = tf.searchsorted(cumulative, uniform[:, None], side="right", out_type=tf.int32)[:, 0]
+    # Rounding can leave the total a hair below a uniform close to 1: stay in range.
+    return tf.minimum(chosen, tf.shape(logits)[1] - 1)

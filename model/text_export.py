@@ -23,6 +23,7 @@ only ops that a CPU-only TensorFlow Serving can run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,7 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model import export, sampling
+from model import export, recurrent_step, sampling
 from model.config import MAX_TOKENS_LIMIT
 from model.vocabulary import FIRST_TOKEN_ID, OOV_TOKEN, make_lookup
 
@@ -39,6 +40,16 @@ from model.vocabulary import FIRST_TOKEN_ID, OOV_TOKEN, make_lookup
 def recurrent_layers(model: keras.Model) -> list[keras.layers.RNN]:
     """The model's recurrent layers, bottom to top."""
     return [layer for layer in model.layers if isinstance(layer, keras.layers.RNN)]
+
+
+@dataclasses.dataclass
+class _Weights:
+    """The network's weights, read once per request (not once per step)."""
+
+    embedding: tf.Tensor
+    layers: list[recurrent_step.LayerWeights]
+    output_kernel: tf.Tensor
+    output_bias: tf.Tensor
 
 
 class TextModelSignatures(tf.Module):
@@ -60,41 +71,40 @@ class TextModelSignatures(tf.Module):
         self.model = model
         self.lookup = make_lookup(vocabulary)
         self._embedding = model.get_layer("embedding")
-        self._cells = [layer.cell for layer in recurrent_layers(model)]
-        self._logits = model.get_layer("logits")
-        self._vocabulary = tf.constant(list(vocabulary), dtype=tf.string)
+        self._recurrent = recurrent_layers(model)
+        for layer in self._recurrent:
+            recurrent_step.check_supported(layer)
+        self._output = model.get_layer("logits")
+        # Indexed by token id: padding and OOV first, never produced (their logits are -inf).
+        self._id_to_token = tf.constant(["", OOV_TOKEN, *vocabulary], dtype=tf.string)
+        self._never_predicted = tf.constant([-np.inf] * FIRST_TOKEN_ID + [0.0] * len(vocabulary), tf.float32)
         self._separator = "" if token_level == "char" else " "
         self._top_k = min(top_k, len(vocabulary))
         counts = np.asarray(unigram_counts, dtype=np.float64) + 1.0  # Laplace smoothing
-        self._unigram_logits = tf.constant(np.log(counts / counts.sum()), dtype=tf.float32)
+        self._unigram_logits = tf.constant(
+            np.concatenate([[-np.inf] * FIRST_TOKEN_ID, np.log(counts / counts.sum())]), dtype=tf.float32)
         self._metadata = {key: tf.constant(value) for key, value in {
             "model_kind": metadata["model_kind"], "cell": metadata["cell"],
             "token_level": token_level, "seq_len": np.int32(metadata["seq_len"]),
             "vocabulary": list(vocabulary)}.items()}
 
-    # -- one step of the network -------------------------------------------------
+    # -- the network, one step at a time -------------------------------------------
 
-    def _zero_states(self, batch: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        states = []
-        for cell in self._cells:
-            for size in tf.nest.flatten(cell.state_size):
-                states.append(tf.zeros([batch, size]))
-        return tuple(states)
+    def _read_weights(self) -> _Weights:
+        return _Weights(
+            embedding=tf.convert_to_tensor(self._embedding.embeddings),
+            layers=[recurrent_step.read_weights(layer) for layer in self._recurrent],
+            output_kernel=tf.convert_to_tensor(self._output.kernel),
+            output_bias=tf.convert_to_tensor(self._output.bias) + self._never_predicted)
 
-    def _step(self, token_ids: tf.Tensor, states: tuple[tf.Tensor, ...]):
-        """Feed one token per row; return next-token logits over the vocabulary and new states."""
-        x = self._embedding(token_ids)
-        new_states, offset = [], 0
-        for cell in self._cells:
-            count = len(tf.nest.flatten(cell.state_size))
-            x, cell_states = cell(x, list(states[offset:offset + count]), training=False)
-            new_states.extend(tf.nest.flatten(cell_states))
-            offset += count
-        # Padding and OOV are never predicted: drop their logits, so they are never sampled.
-        return self._logits(x)[:, FIRST_TOKEN_ID:], tuple(new_states)
+    def _step(self, weights: _Weights, token_ids: tf.Tensor, states: tuple[tf.Tensor, ...]):
+        """Feed one token id per row; return next-token logits (over all ids) and new states."""
+        x = tf.gather(weights.embedding, token_ids)
+        h, states = recurrent_step.stack_step(weights.layers, x, states)
+        return tf.matmul(h, weights.output_kernel) + weights.output_bias, states
 
-    def _encode(self, text: tf.Tensor):
-        """Run the prompts through the network; return last logits and states."""
+    def _encode(self, weights: _Weights, text: tf.Tensor):
+        """Run the prompts through the network; return last logits, states and prompt lengths."""
         if self._separator:
             tokens = tf.strings.split(text)
         else:
@@ -103,10 +113,10 @@ class TextModelSignatures(tf.Module):
         lengths = tf.cast(ids.row_lengths(), tf.int32)
         padded = ids.to_tensor(0)  # right-padded
         batch = tf.shape(padded)[0]
-        states = self._zero_states(batch)
-        logits = tf.tile(self._unigram_logits[None, :], [batch, 1])  # empty prompt
+        states = recurrent_step.zero_states(weights.layers, batch)
+        logits = tf.tile(self._unigram_logits[None, :], [batch, 1])  # an empty prompt's answer
         for t in tf.range(tf.shape(padded)[1]):
-            step_logits, step_states = self._step(padded[:, t], states)
+            step_logits, step_states = self._step(weights, padded[:, t], states)
             active = (t < lengths)[:, None]  # rows past their prompt keep their state
             logits = tf.where(active, step_logits, logits)
             states = tuple(tf.where(active, new, old) for new, old in zip(step_states, states))
@@ -133,14 +143,18 @@ class TextModelSignatures(tf.Module):
         if top_k is not None:
             checks.append(tf.debugging.assert_non_negative(top_k, message="top_k must be >= 0 (0 = all tokens)"))
         with tf.control_dependencies(checks):
-            logits, states, lengths = self._encode(text)
+            weights = self._read_weights()
+            logits, states, lengths = self._encode(weights, text)
         steps = tf.reduce_max(tf.concat([max_tokens, [0]], axis=0))
-        sampled = tf.TensorArray(tf.int32, size=steps)
+        uniform = sampling.uniform_noise(seed, steps)  # [b, steps]: row i's draws depend on seed[i] only
+        # One slot more than needed, padded below, so stacking works when steps == 0.
+        sampled = tf.TensorArray(tf.int32, size=steps + 1)
         for step in tf.range(steps):
-            ids = sampling.sample_next(logits, temperature, seed, step, top_k)
+            ids = sampling.sample_next(logits, temperature, uniform[:, step], top_k)
             sampled = sampled.write(step, ids)
-            logits, states = self._step(ids + FIRST_TOKEN_ID, states)
-        tokens = tf.gather(self._vocabulary, tf.transpose(sampled.stack()))  # [b, steps]
+            logits, states = self._step(weights, ids, states)
+        sampled = sampled.write(steps, tf.zeros_like(lengths))
+        tokens = tf.gather(self._id_to_token, tf.transpose(sampled.stack())[:, :steps])  # [b, steps]
         keep = tf.sequence_mask(max_tokens, steps)  # each row stops at its own max_tokens
         generated = tf.strings.reduce_join(tf.ragged.boolean_mask(tokens, keep), axis=1,
                                            separator=self._separator)
@@ -153,12 +167,12 @@ class TextModelSignatures(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def next_token(self, text):
-        logits, _, _ = self._encode(text)
-        probabilities = tf.nn.softmax(logits)
+        logits, _, _ = self._encode(self._read_weights(), text)
+        probabilities = tf.nn.softmax(logits)[:, FIRST_TOKEN_ID:]  # padding and OOV have 0
         top = tf.math.top_k(probabilities, k=self._top_k)
         return {
             "probabilities": probabilities,
-            "top_k_tokens": tf.gather(self._vocabulary, top.indices),
+            "top_k_tokens": tf.gather(self._id_to_token[FIRST_TOKEN_ID:], top.indices),
             "top_k_probabilities": top.values,
         }
 
@@ -211,8 +225,7 @@ def export_text_model(model: keras.Model, base_dir: str | Path, vocabulary: Sequ
     layers = recurrent_layers(model)
     metadata = {
         "model_kind": "next_token",
-        "cell": {keras.layers.SimpleRNN: "simple_rnn", keras.layers.LSTM: "lstm",
-                 keras.layers.GRU: "gru"}[type(layers[0])],
+        "cell": recurrent_step.CELL_KINDS[type(layers[0])],
         "layers": len(layers),
         "units": int(layers[0].units),
         "token_level": token_level,

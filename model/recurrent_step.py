@@ -1,0 +1,121 @@
+"""One time step of a trained recurrent stack, written as its equations.
+
+Serving generates one token at a time and carries the recurrent state, so the
+step is the hot loop of generation. Writing the three cells' equations out
+(as Keras computes them in inference, without dropout) lets the weights be
+read once per request instead of once per step, roughly halving the cost of
+a step, and keeps cuDNN kernels out of exported graphs: these are plain
+MatMul/Sigmoid/Tanh ops that any CPU-only TensorFlow Serving runs. A test
+checks the step against the Keras layers, for all three cells.
+
+    SimpleRNN  h_t = tanh(x_t W_x + h_{t-1} W_h + b)
+    LSTM       [i, f, g, o] = x_t W_x + h_{t-1} W_h + b
+               c_t = σ(f) * c_{t-1} + σ(i) * tanh(g);  h_t = σ(o) * tanh(c_t)
+    GRU        [z_x, r_x, n_x] = x_t W_x + b_x;  [z_h, r_h, n_h] = h_{t-1} W_h + b_h
+    (reset_after) z = σ(z_x + z_h); r = σ(r_x + r_h); n = tanh(n_x + r * n_h)
+               h_t = z * h_{t-1} + (1 - z) * n
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+CELL_KINDS = {keras.layers.SimpleRNN: "simple_rnn", keras.layers.LSTM: "lstm", keras.layers.GRU: "gru"}
+
+
+@dataclasses.dataclass
+class LayerWeights:
+    """The tensors of one recurrent layer, read once.
+
+    Attributes:
+        kind: `"simple_rnn"`, `"lstm"` or `"gru"`.
+        kernel: Input weights W_x, `[input_dim, gates * units]`.
+        recurrent_kernel: Recurrent weights W_h, `[units, gates * units]`.
+        bias: `[gates * units]`; for the GRU `[2, 3 * units]` (input, recurrent).
+    """
+
+    kind: str
+    kernel: tf.Tensor
+    recurrent_kernel: tf.Tensor
+    bias: tf.Tensor
+
+    @property
+    def state_count(self) -> int:
+        return 2 if self.kind == "lstm" else 1
+
+
+def check_supported(layer: keras.layers.RNN) -> str:
+    """The kind of a recurrent layer, if its equations are the ones above."""
+    kind = CELL_KINDS.get(type(layer))
+    cell = layer.cell
+    if kind is None or not cell.use_bias or getattr(layer, "go_backwards", False):
+        raise ValueError(f"layer {layer.name}: only SimpleRNN/LSTM/GRU with biases, forwards, are supported")
+    if kind == "gru" and not cell.reset_after:
+        raise ValueError(f"layer {layer.name}: only GRU(reset_after=True), the Keras default, is supported")
+    activations = (cell.activation, getattr(cell, "recurrent_activation", keras.activations.sigmoid))
+    if activations != (keras.activations.tanh, keras.activations.sigmoid):
+        raise ValueError(f"layer {layer.name}: only the default tanh/sigmoid activations are supported")
+    return kind
+
+
+def read_weights(layer: keras.layers.RNN) -> LayerWeights:
+    """Read a Keras recurrent layer's weights as tensors (call inside the graph, once)."""
+    cell = layer.cell
+    return LayerWeights(check_supported(layer), tf.convert_to_tensor(cell.kernel),
+                        tf.convert_to_tensor(cell.recurrent_kernel), tf.convert_to_tensor(cell.bias))
+
+
+def zero_states(weights: list[LayerWeights], batch: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """All-zero initial states, flattened: (h) per SimpleRNN/GRU layer, (h, c) per LSTM layer."""
+    states = []
+    for layer in weights:
+        units = tf.shape(layer.recurrent_kernel)[0]
+        states.extend(tf.zeros([batch, units]) for _ in range(layer.state_count))
+    return tuple(states)
+
+
+def layer_step(layer: LayerWeights, x: tf.Tensor, states: tuple[tf.Tensor, ...]):
+    """One step of one layer.
+
+    Args:
+        layer: Its weights.
+        x: Input `[batch, input_dim]`.
+        states: `(h,)` or, for the LSTM, `(h, c)`.
+
+    Returns:
+        The output h_t `[batch, units]` and the new states.
+    """
+    h = states[0]
+    if layer.kind == "simple_rnn":
+        h = tf.tanh(tf.matmul(x, layer.kernel) + tf.matmul(h, layer.recurrent_kernel) + layer.bias)
+        return h, (h,)
+    if layer.kind == "lstm":
+        z = tf.matmul(x, layer.kernel) + tf.matmul(h, layer.recurrent_kernel) + layer.bias
+        i, f, g, o = tf.split(z, 4, axis=1)
+        c = tf.sigmoid(f) * states[1] + tf.sigmoid(i) * tf.tanh(g)
+        h = tf.sigmoid(o) * tf.tanh(c)
+        return h, (h, c)
+    x_z, x_r, x_n = tf.split(tf.matmul(x, layer.kernel) + layer.bias[0], 3, axis=1)
+    h_z, h_r, h_n = tf.split(tf.matmul(h, layer.recurrent_kernel) + layer.bias[1], 3, axis=1)
+    z = tf.sigmoid(x_z + h_z)
+    r = tf.sigmoid(x_r + h_r)
+    n = tf.tanh(x_n + r * h_n)
+    h = z * h + (1.0 - z) * n
+    return h, (h,)
+
+
+def stack_step(weights: list[LayerWeights], x: tf.Tensor, states: tuple[tf.Tensor, ...]):
+    """One step through every layer of the stack, bottom to top.
+
+    Returns:
+        The top layer's output and the new flattened states.
+    """
+    new_states, offset = [], 0
+    for layer in weights:
+        x, layer_states = layer_step(layer, x, states[offset:offset + layer.state_count])
+        new_states.extend(layer_states)
+        offset += layer.state_count
+    return x, tuple(new_states)
