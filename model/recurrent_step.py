@@ -23,7 +23,9 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-CELL_KINDS = {keras.layers.SimpleRNN: "simple_rnn", keras.layers.LSTM: "lstm", keras.layers.GRU: "gru"}
+from model.builders import RECURRENT_LAYERS as RECURRENT_TYPES
+
+CELL_KINDS = {layer_type: kind for kind, layer_type in RECURRENT_TYPES.items()}
 
 
 @dataclasses.dataclass

@@ -1,0 +1,76 @@
+"""Shared fixtures: a small corpus and one tiny trained, exported model per cell.
+
+Training is the slow part of the suite, so the exported models are built once
+per session and shared; every model is tiny (a few thousand parameters).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+WORDS = ("the quick brown fox jumps over a lazy dog while seven wizards quietly "
+         "hex jolly bakers and the rain in spain falls mainly on the plain").split()
+
+
+def make_corpus(n_words: int = 1500, seed: int = 0) -> str:
+    """Deterministic pseudo-English: enough structure for a model to learn a little."""
+    rng = random.Random(seed)
+    lines, line = [], []
+    for _ in range(n_words):
+        line.append(rng.choice(WORDS))
+        if len(line) == 8:
+            lines.append(" ".join(line).capitalize() + ".")
+            line = []
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(make_corpus(), encoding="utf-8")
+    return path
+
+
+def train_tiny(corpus: Path, workdir: Path, cell: str = "lstm", token_level: str = "char",
+               epochs: int = 1, output_name: str = "tiny", **overrides):
+    """Train and export a tiny model through the pipeline's own function; return its summary."""
+    from model.config import ModelConfig, OptimizerConfig, TrainingConfig
+    from pipelines.text import train_text_model
+    from pipelines.text_data import prepare_text, read_corpus
+
+    seq_len = overrides.pop("seq_len", 20)
+    data = prepare_text(read_corpus(corpus), token_level, seq_len=seq_len)
+    model_config = ModelConfig(cell=cell, units=overrides.pop("units", 32), layers=overrides.pop("layers", 1),
+                               embedding_dim=16)
+    optimizer_config = OptimizerConfig(learning_rate=overrides.pop("learning_rate", 1e-2))
+    training_config = TrainingConfig(epochs=epochs, batch_size=32, runs_dir=str(workdir / "runs"),
+                                     run_id=overrides.pop("run_id", None), patience=0,
+                                     **overrides.pop("training", {}))
+    extra_callbacks = overrides.pop("extra_callbacks", ())
+    assert not overrides, f"unknown overrides {overrides}"
+    return train_text_model(data, model_config, optimizer_config, training_config, seq_len,
+                            workdir / "saved_models" / output_name, extra_callbacks=extra_callbacks)
+
+
+@pytest.fixture(scope="session")
+def exported_lstm(corpus_file, tmp_path_factory):
+    """(summary, version directory) of a tiny character-level LSTM, trained 2 epochs."""
+    workdir = tmp_path_factory.mktemp("lstm")
+    summary = train_tiny(corpus_file, workdir, "lstm", epochs=2)
+    return summary, Path(summary["export_path"])
+
+
+@pytest.fixture(scope="session")
+def loaded_lstm(exported_lstm):
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(exported_lstm[1]))

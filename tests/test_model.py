@@ -1,0 +1,82 @@
+"""Model builders, the optimiser's clipping, and the explicit recurrent step."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model import recurrent_step
+from model.builders import build_next_token_model, make_optimizer
+from model.config import CELLS, ModelConfig, OptimizerConfig, UsageError
+
+VOCAB = 12
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_one_flag_switches_the_cell(cell):
+    model = build_next_token_model(VOCAB, ModelConfig(cell=cell, units=8, layers=2, dropout=0.1,
+                                                      embedding_dim=4))
+    kinds = [type(layer) for layer in model.layers if isinstance(layer, keras.layers.RNN)]
+    assert kinds == [recurrent_step.RECURRENT_TYPES[cell]] * 2
+    logits = model(np.zeros((3, 7), np.int32))
+    assert logits.shape == (3, 7, VOCAB)
+
+
+def test_clipnorm_is_on_by_default_and_each_kind_is_selectable():
+    assert make_optimizer(OptimizerConfig()).clipnorm == 1.0
+    assert make_optimizer(OptimizerConfig(clip="global_clipnorm", clip_value=5.0)).global_clipnorm == 5.0
+    assert make_optimizer(OptimizerConfig(clip="clipvalue", clip_value=0.5)).clipvalue == 0.5
+    none = make_optimizer(OptimizerConfig(clip="none"))
+    assert none.clipnorm is None and none.global_clipnorm is None and none.clipvalue is None
+
+
+@pytest.mark.parametrize("schedule, decays", [("constant", False), ("cosine", True), ("exponential", True)])
+def test_learning_rate_schedules(schedule, decays):
+    optimizer = make_optimizer(OptimizerConfig(learning_rate=0.1, lr_schedule=schedule, lr_half_life_steps=10),
+                               total_steps=100)
+    rate = optimizer.get_config()["learning_rate"]
+    at = keras.optimizers.schedules.deserialize(rate) if isinstance(rate, dict) else (lambda step: rate)
+    assert float(at(0)) == pytest.approx(0.1)
+    assert (float(at(50)) < 0.09) == decays
+
+
+@pytest.mark.parametrize("config, message", [
+    (ModelConfig(cell="transformer"), "unknown --cell 'transformer'"),
+    (ModelConfig(units=0), "--units must be a positive integer"),
+    (ModelConfig(layers=-1), "--layers must be a positive integer"),
+    (OptimizerConfig(clip="clipnorm", clip_value=0), "threshold must be > 0"),
+    (OptimizerConfig(lr_schedule="linear"), "unknown --lr-schedule"),
+])
+def test_bad_settings_are_one_line_usage_errors(config, message):
+    with pytest.raises(UsageError, match=message) as error:
+        config.validate()
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_explicit_step_matches_the_keras_layers(cell):
+    """Stepping the equations of recurrent_step token by token reproduces the Keras model."""
+    keras.utils.set_random_seed(0)
+    model = build_next_token_model(VOCAB, ModelConfig(cell=cell, units=6, layers=2, embedding_dim=5))
+    for variable in model.weights:  # non-zero biases too, so every term is exercised
+        variable.assign(np.random.default_rng(1).normal(0, 0.5, variable.shape).astype(np.float32))
+    ids = np.random.default_rng(2).integers(0, VOCAB, size=(3, 9)).astype(np.int32)
+    expected = model(ids).numpy()
+
+    layers = [recurrent_step.read_weights(layer) for layer in model.layers
+              if isinstance(layer, keras.layers.RNN)]
+    embedding = model.get_layer("embedding").embeddings.numpy()
+    dense = model.get_layer("logits")
+    states = recurrent_step.zero_states(layers, 3)
+    for t in range(ids.shape[1]):
+        h, states = recurrent_step.stack_step(layers, tf.gather(embedding, ids[:, t]), states)
+        np.testing.assert_allclose(dense(h).numpy(), expected[:, t], atol=1e-5)
+
+
+def test_unsupported_layers_are_refused():
+    layer = keras.layers.GRU(4, reset_after=False)
+    layer.build((None, None, 3))
+    with pytest.raises(ValueError, match="reset_after=True"):
+        recurrent_step.check_supported(layer)

@@ -1,0 +1,102 @@
+"""Reading corpora, vocabularies, the contiguous split and the windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from model.config import UsageError
+from model.vocabulary import FIRST_TOKEN_ID, OOV_ID, OOV_TOKEN, build_vocabulary, encode, make_lookup
+from pipelines.text_data import default_corpus, make_dataset, prepare_text, read_corpus
+
+
+def test_read_corpus_reads_utf8(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_text("héllo wörld ✓\n", encoding="utf-8")
+    assert read_corpus(path) == "héllo wörld ✓\n"
+
+
+@pytest.mark.parametrize("setup, expected", [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.mkdir(), "is a directory"),
+    (lambda p: p.write_bytes(b""), "is empty"),
+    (lambda p: p.write_bytes(b"   \n\n"), "is empty"),
+])
+def test_read_corpus_refuses_bad_files(tmp_path, setup, expected):
+    path = tmp_path / "corpus.txt"
+    setup(path)
+    with pytest.raises(UsageError, match=expected):
+        read_corpus(path)
+
+
+def test_non_utf8_error_names_the_byte_offset(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf".encode() + b"\xe9 au lait")  # Latin-1 é at offset 3
+    with pytest.raises(UsageError, match=r"0xe9 at byte offset 3") as error:
+        read_corpus(path)
+    assert "\n" not in str(error.value)
+
+
+def test_default_corpus_is_the_python_reference_text():
+    text = default_corpus()
+    assert len(text) > 400_000
+    assert "lambda" in text and "yield" in text
+
+
+def test_split_is_contiguous_and_vocabulary_comes_from_training_only():
+    text = "ab" * 450 + "abz" * 33 + "a"  # 1000 characters; 'z' occurs only in the last 100
+    data = prepare_text(text, "char", seq_len=10, val_fraction=0.1)
+    assert len(data.train_ids) == 900 and len(data.val_ids) == 100
+    assert "z" not in data.vocabulary  # nothing from validation reaches the vocabulary
+    assert data.vocabulary == ["a", "b"]
+    index = {token: i + FIRST_TOKEN_ID for i, token in enumerate(data.vocabulary)}
+    expected_val = [index.get(ch, OOV_ID) for ch in text[900:]]
+    np.testing.assert_array_equal(data.val_ids, expected_val)  # the end of the text, in order
+    assert data.oov_share_val == pytest.approx(expected_val.count(OOV_ID) / 100)
+    assert data.unigram_counts == [450, 450]
+
+
+def test_word_level_tokens_and_max_vocab():
+    data = prepare_text("a a a b b c " * 30, "word", seq_len=5, val_fraction=0.2, max_vocab=2)
+    assert data.vocabulary == ["a", "b"]
+    assert OOV_ID in data.train_ids  # 'c' is out of the two-word vocabulary
+
+
+def test_encode_agrees_with_the_in_model_string_lookup():
+    vocabulary = build_vocabulary(list("hello world"))
+    tokens = list("hello, wörld")
+    lookup = make_lookup(vocabulary)
+    np.testing.assert_array_equal(encode(tokens, vocabulary), np.asarray(lookup(tokens)))
+    assert OOV_TOKEN not in build_vocabulary(["a", OOV_TOKEN])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seq_len": 0}, "--seq-len must be a positive integer"),
+    ({"seq_len": 100}, "corpus too short"),
+    ({"val_fraction": 0.0}, "--val-fraction"),
+    ({"token_level": "byte"}, "unknown token level"),
+    ({"max_vocab": 0}, "--max-vocab"),
+])
+def test_prepare_text_refuses_bad_settings(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        prepare_text("hello world " * 20, **kwargs)
+
+
+def test_windows_are_inputs_and_targets_shifted_by_one():
+    ids = np.arange(2, 103, dtype=np.int32)  # 101 tokens -> 10 windows of 10
+    batches = list(make_dataset(ids, seq_len=10, batch_size=4, shuffle=False))
+    inputs = np.concatenate([x.numpy() for x, _ in batches])
+    targets = np.concatenate([y.numpy() for _, y in batches])
+    assert inputs.shape == (10, 10)
+    np.testing.assert_array_equal(targets, inputs + 1)
+    np.testing.assert_array_equal(inputs[:, 0], np.arange(2, 102, 10))  # every token a target once
+
+
+def test_training_windows_are_reshuffled_each_epoch_in_full_batches():
+    ids = np.arange(2, 403, dtype=np.int32)  # 40 windows
+    dataset = make_dataset(ids, seq_len=10, batch_size=8, shuffle=True, seed=1)
+    first = [x.numpy()[:, 0].tolist() for x, _ in dataset]
+    second = [x.numpy()[:, 0].tolist() for x, _ in dataset]
+    assert all(len(batch) == 8 for batch in first)
+    assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(2, 402, 10))
+    assert first != second
