@@ -1,0 +1,97 @@
+"""Run directories, summary.json, resuming an interrupted run, time budgets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+from conftest import train_tiny
+from model.config import UsageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def history_epochs(run_dir: Path) -> list[int]:
+    with (run_dir / "history.csv").open() as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def test_run_directory_and_summary(exported_lstm):
+    summary, _ = exported_lstm
+    run_dir = Path(summary["run_dir"])
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert history_epochs(run_dir) == [0, 1]
+    assert (run_dir / "best.weights.h5").is_file()
+    assert not (run_dir / "backup").exists()  # BackupAndRestore cleans up after a finished run
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    nats = summary["val_loss_nats_per_token"]
+    assert 0 < nats < math.log(summary["vocabulary_size"] + 2) + 0.5  # learnt something vs uniform
+    assert summary["val_bits_per_token"] == pytest.approx(nats / math.log(2))
+    assert summary["val_perplexity"] == pytest.approx(math.exp(nats))
+    assert summary["config"]["model"]["cell"] == "lstm"
+    assert summary["config"]["optimizer"]["clip"] == "clipnorm"
+    assert summary["tokens_per_second"] > 0 and summary["wall_seconds"] > 0
+    assert summary["epochs_run"] == 2 and summary["steps"] > 0 and not summary["resumed"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAfterEpoch(keras.callbacks.Callback):
+    """Fault injection: the process 'dies' at the end of the given epoch."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise Interrupt(f"killed after epoch {epoch}")
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(corpus_file, tmp_path):
+    with pytest.raises(Interrupt):
+        train_tiny(corpus_file, tmp_path, "gru", epochs=4, run_id="resumable",
+                   extra_callbacks=[InterruptAfterEpoch(1)])
+    run_dir = tmp_path / "runs" / "resumable"
+    assert history_epochs(run_dir) == [0, 1] and not (run_dir / "summary.json").exists()
+    assert (run_dir / "backup").is_dir()
+
+    summary = train_tiny(corpus_file, tmp_path, "gru", epochs=4, run_id="resumable")
+    assert summary["resumed"] and summary["epochs_run"] == 2  # epochs 2 and 3 only
+    assert history_epochs(run_dir) == [0, 1, 2, 3]
+
+    with pytest.raises(UsageError, match="has already finished"):
+        train_tiny(corpus_file, tmp_path, "gru", epochs=4, run_id="resumable")
+
+
+def test_time_budget_stops_training(corpus_file, tmp_path):
+    summary = train_tiny(corpus_file, tmp_path, "simple_rnn", epochs=50,
+                         training={"time_budget_minutes": 0.02})
+    assert summary["stopped_by_time_budget"] and summary["epochs_run"] < 50
+    assert Path(summary["export_path"]).is_dir()  # a budgeted run still evaluates and exports
+
+
+def test_cli_end_to_end_in_a_real_process(corpus_file, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.text", "--corpus", str(corpus_file), "--cell", "gru", "--units", "16",
+         "--seq-len", "16", "--epochs", "1", "--output", str(tmp_path / "saved_models" / "cli"),
+         "--runs-dir", str(tmp_path / "runs"), "--run-id", "e2e", "--lr-schedule", "cosine",
+         "--global-clipnorm", "5", "--max-tokens", "30", "--prompt", "The"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "nats/char" in result.stdout and "Most likely next tokens after 'The'" in result.stdout
+    summary = json.loads((tmp_path / "runs" / "e2e" / "summary.json").read_text())
+    assert summary["config"]["optimizer"] == {
+        "learning_rate": 0.002, "clip": "global_clipnorm", "clip_value": 5.0, "lr_schedule": "cosine",
+        "lr_half_life_steps": 1000}
+    assert summary["export_path"] == str(tmp_path / "saved_models" / "cli" / "1")
