@@ -137,38 +137,48 @@ class TimeBudget(keras.callbacks.Callback):
 
 
 class ThroughputMeter(keras.callbacks.Callback):
-    """Counts training steps and the wall time spent in them (not in validation).
+    """Steady-state training speed: training steps and the wall time in them.
+
+    The run's first step is left out (it traces the graph), and so is the
+    time spent in validation.
 
     Attributes:
-        steps: Training batches run.
-        train_seconds: Wall time from each epoch's start to its validation.
+        steps: All training steps run.
+        timed_steps: Steps after the first.
+        timed_seconds: Wall time of the timed steps.
     """
 
     def __init__(self):
         super().__init__()
         self.steps = 0
-        self.train_seconds = 0.0
-        self._epoch_start: Optional[float] = None
+        self.timed_steps = 0
+        self.timed_seconds = 0.0
+        self._span_start: Optional[float] = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = time.perf_counter()
+        if self.steps:
+            self._span_start = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
+        if self.steps == 1:
+            self._span_start = time.perf_counter()  # the clock starts after tracing
+        else:
+            self.timed_steps += 1
 
-    def _close_training_span(self):
-        if self._epoch_start is not None:
-            self.train_seconds += time.perf_counter() - self._epoch_start
-            self._epoch_start = None
+    def _close_span(self):
+        if self._span_start is not None:
+            self.timed_seconds += time.perf_counter() - self._span_start
+            self._span_start = None
 
     def on_test_begin(self, logs=None):
-        self._close_training_span()
+        self._close_span()
 
     def on_epoch_end(self, epoch, logs=None):
-        self._close_training_span()
+        self._close_span()
 
     def on_train_end(self, logs=None):
-        self._close_training_span()
+        self._close_span()
 
 
 @dataclasses.dataclass
@@ -179,7 +189,8 @@ class TrainingResult:
         history: Per-epoch metrics of this invocation (`History.history`).
         epochs_run: Epochs completed in this invocation.
         steps: Training steps run in this invocation.
-        train_seconds: Wall time in training steps (excluding validation).
+        timed_steps: Steps counted for throughput (all but the first).
+        train_seconds: Wall time of the timed steps (validation excluded).
         wall_seconds: Wall time of the whole `fit`.
         best_val_loss: Lowest validation loss of the run, resumed epochs included.
         stopped_early: EarlyStopping ended the run.
@@ -190,6 +201,7 @@ class TrainingResult:
     history: dict[str, list[float]]
     epochs_run: int
     steps: int
+    timed_steps: int
     train_seconds: float
     wall_seconds: float
     best_val_loss: float
@@ -267,7 +279,8 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},
         epochs_run=len(history.history.get("loss", [])),
         steps=meter.steps,
-        train_seconds=meter.train_seconds,
+        timed_steps=meter.timed_steps,
+        train_seconds=meter.timed_seconds,
         wall_seconds=wall_seconds,
         best_val_loss=run.best_val_loss_so_far(),
         stopped_early=bool(early_stopping and early_stopping.stopped_epoch > 0),

@@ -109,7 +109,8 @@ def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config
         extra_metadata={"run_id": run.run_id, "val_loss_nats_per_token": val_nats})
 
     batch = min(training_config.batch_size, (len(data.train_ids) - 1) // seq_len)
-    tokens_per_second = result.steps * batch * seq_len / max(result.train_seconds, 1e-9)
+    # Steady state: the first step (graph tracing) and validation are not counted.
+    tokens_per_second = result.timed_steps * batch * seq_len / result.train_seconds if result.timed_steps else 0.0
     summary = {
         "run_id": run.run_id,
         "run_dir": str(run.path),

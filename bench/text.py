@@ -1,0 +1,278 @@
+"""Benchmarks of the text pipeline: training throughput, generation speed, quality.
+
+    python -m bench.text                         # all three (about 20 minutes on 2 cores)
+    python -m bench.text --only throughput,generation
+    python -m bench.text --quality-minutes 15
+
+Every speed is measured against a baseline run in the same process, and
+reported as a ratio: these machines are noisy, ratios much less so. Results
+go to `bench/results/text_<benchmark>.json`; the README's table is printed.
+
+Corpus: tiny Shakespeare from `../shared/data/tinyshakespeare.txt` when it is
+there; otherwise throughput and generation use CPython's reference docs and
+the quality benchmark is skipped (its target is defined on Shakespeare).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from model import builders  # noqa: E402
+from model.config import ModelConfig, OptimizerConfig, TrainingConfig  # noqa: E402
+from model.vocabulary import id_space_size  # noqa: E402
+from pipelines.text import train_text_model  # noqa: E402
+from pipelines.text_data import default_corpus, prepare_text, read_corpus  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+SEQ_LEN = 100
+BATCH = 64
+
+
+def load_corpus() -> tuple[str, str]:
+    if SHAKESPEARE.is_file():
+        return "tinyshakespeare", read_corpus(SHAKESPEARE)
+    print(f"note: {SHAKESPEARE} not found; using pydoc_data.topics", file=sys.stderr)
+    return "pydoc_data.topics", default_corpus()
+
+
+def environment() -> dict:
+    return {"cpus": os.cpu_count(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "python": platform.python_version(), "machine": platform.machine(),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def save(name: str, result: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": name, "environment": environment(), **result}
+    (RESULTS / f"text_{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+# -- 1. training throughput: the pipeline against a bare Model.fit ------------------
+
+def bare_fit_chars_per_second(data, model_config: ModelConfig, steps: int) -> float:
+    """A bare `keras.Model.fit` on numpy windows of the same model: the baseline."""
+    n = (len(data.train_ids) - 1) // SEQ_LEN
+    x = data.train_ids[:n * SEQ_LEN].reshape(n, SEQ_LEN)
+    y = data.train_ids[1:n * SEQ_LEN + 1].reshape(n, SEQ_LEN)
+    model = builders.build_next_token_model(id_space_size(data.vocabulary), model_config)
+    builders.compile_next_token_model(model, builders.make_optimizer(OptimizerConfig()))
+    model.fit(x, y, batch_size=BATCH, epochs=1, steps_per_epoch=2, verbose=0)  # trace the graph first
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=BATCH, epochs=1, steps_per_epoch=steps, verbose=0)
+    return steps * BATCH * SEQ_LEN / (time.perf_counter() - start)
+
+
+def pipeline_chars_per_second(data, model_config: ModelConfig, steps: int, workdir: Path) -> float:
+    """The whole pipeline (tf.data windows, every callback); its steady-state training speed."""
+    summary = train_text_model(
+        data, model_config, OptimizerConfig(),
+        TrainingConfig(epochs=1, batch_size=BATCH, steps_per_epoch=steps, runs_dir=str(workdir / "runs")),
+        SEQ_LEN, workdir / "saved_models" / "throughput")
+    return summary["tokens_per_second"]
+
+
+def bench_throughput(corpus_name: str, text: str, repeats: int = 3, steps: int = 60) -> dict:
+    data = prepare_text(text, "char", SEQ_LEN)
+    model_config = ModelConfig(cell="lstm", units=256)
+    pipeline, bare = [], []
+    with tempfile.TemporaryDirectory() as workdir:
+        for _ in range(repeats):  # interleaved, so drifts in machine speed hit both alike
+            bare.append(bare_fit_chars_per_second(data, model_config, steps))
+            pipeline.append(pipeline_chars_per_second(data, model_config, steps, Path(workdir)))
+    result = {
+        "corpus": corpus_name, "model": "LSTM-256, 1 layer, seq-len 100, batch 64", "steps": steps,
+        "pipeline_chars_per_second": statistics.median(pipeline),
+        "bare_fit_chars_per_second": statistics.median(bare),
+        "ratio": statistics.median(pipeline) / statistics.median(bare),
+        "target_ratio": 0.95, "runs": {"pipeline": pipeline, "bare_fit": bare},
+    }
+    save("throughput", result)
+    return result
+
+
+# -- 2. generation speed: in-graph loop vs a Python loop vs re-feeding a window -------
+
+def bench_generation(corpus_name: str, text: str, chars: int = 2000, batch: int = 32) -> dict:
+    from model.text_export import export_text_model
+
+    data = prepare_text(text, "char", SEQ_LEN)
+    model = builders.build_next_token_model(id_space_size(data.vocabulary), ModelConfig(cell="lstm", units=256))
+    # Speed does not depend on what the weights are: an untrained model is timed.
+    with tempfile.TemporaryDirectory() as workdir:
+        version = export_text_model(model, Path(workdir) / "gen", data.vocabulary, "char",
+                                    data.unigram_counts, SEQ_LEN)
+        generate = tf.saved_model.load(str(version)).signatures["generate"]
+
+        def in_graph(n_prompts: int) -> float:
+            inputs = dict(text=tf.constant(["ROMEO:\n"] * n_prompts),
+                          max_tokens=tf.constant([chars] * n_prompts, tf.int32),
+                          temperature=tf.constant([0.8] * n_prompts), seed=tf.constant(range(n_prompts), tf.int64))
+            generate(**{**inputs, "max_tokens": tf.constant([10] * n_prompts, tf.int32)})  # warm up
+            timings = []
+            for _ in range(3):
+                start = time.perf_counter()
+                generate(**inputs)
+                timings.append(time.perf_counter() - start)
+            return n_prompts * chars / min(timings)
+
+        graph_one, graph_batch = in_graph(1), in_graph(batch)
+
+    # A Python loop calling a one-step tf.function, carrying the LSTM state.
+    cell = model.get_layer("lstm_0").cell
+    embedding, dense = model.get_layer("embedding"), model.get_layer("logits")
+
+    @tf.function
+    def one_step(token, h, c):
+        out, (h, c) = cell(embedding(token), [h, c])
+        logits = dense(out)
+        return tf.random.categorical(logits / 0.8, 1, dtype=tf.int32)[:, 0], h, c
+
+    token, h, c = tf.constant([2]), tf.zeros([1, 256]), tf.zeros([1, 256])
+    one_step(token, h, c)
+    python_chars = 500
+    start = time.perf_counter()
+    for _ in range(python_chars):
+        token, h, c = one_step(token, h, c)
+    python_loop = python_chars / (time.perf_counter() - start)
+
+    # The keras-io text-generation example: re-feed the last 40 characters to predict().
+    window = np.asarray(data.train_ids[:40])[None, :]
+    model.predict(window, verbose=0)
+    refeed_chars = 40
+    start = time.perf_counter()
+    for _ in range(refeed_chars):
+        logits = model.predict(window, verbose=0)[0, -1]
+        window = np.concatenate([window[:, 1:], [[int(np.argmax(logits))]]], axis=1)
+    refeed = refeed_chars / (time.perf_counter() - start)
+
+    result = {
+        "corpus": corpus_name, "model": "LSTM-256, 1 layer", "chars_per_prompt": chars,
+        "in_graph_one_prompt_chars_per_second": graph_one,
+        f"in_graph_{batch}_prompts_chars_per_second": graph_batch,
+        "python_loop_one_step_function_chars_per_second": python_loop,
+        "refeed_40_char_window_predict_chars_per_second": refeed,
+        "ms_per_char": {"in_graph": 1e3 / graph_one, "python_loop": 1e3 / python_loop, "refeed": 1e3 / refeed},
+        "speedup_vs_python_loop": graph_one / python_loop, "speedup_vs_refeed": graph_one / refeed,
+        "target_one_prompt_chars_per_second": 20_000,
+    }
+    save("generation", result)
+    return result
+
+
+# -- 3. quality: validation loss on tiny Shakespeare after a fixed time budget --------
+
+QUALITY_MODEL = ModelConfig(cell="lstm", units=512, layers=1, dropout=0.2, embedding_dim=64)
+QUALITY_OPTIMIZER = OptimizerConfig(learning_rate=3e-3, lr_schedule="cosine")
+QUALITY_BATCH = 64
+
+
+def bench_quality(minutes: float) -> dict | None:
+    if not SHAKESPEARE.is_file():
+        print(f"quality benchmark skipped: {SHAKESPEARE} is not there", file=sys.stderr)
+        return None
+    data = prepare_text(read_corpus(SHAKESPEARE), "char", SEQ_LEN)
+    with tempfile.TemporaryDirectory() as workdir:
+        # Epoch = 200 steps, so the cosine schedule (sized from epochs x steps) spans the budget.
+        seconds_per_step = _seconds_per_step(data)
+        steps_per_epoch = 200
+        epochs = max(1, int(minutes * 60 / seconds_per_step / steps_per_epoch))
+        summary = train_text_model(
+            data, QUALITY_MODEL, QUALITY_OPTIMIZER,
+            TrainingConfig(epochs=epochs, batch_size=QUALITY_BATCH, steps_per_epoch=steps_per_epoch,
+                           patience=0, time_budget_minutes=minutes, runs_dir=str(Path(workdir) / "runs")),
+            SEQ_LEN, Path(workdir) / "saved_models" / "quality",
+            data_config={"corpus": "tinyshakespeare", "val_fraction": 0.1})
+    result = {
+        "corpus": "tinyshakespeare (last 10% validation)", "budget_minutes": minutes,
+        "model": QUALITY_MODEL.__dict__, "optimizer": QUALITY_OPTIMIZER.__dict__, "batch_size": QUALITY_BATCH,
+        "val_nats_per_char": summary["val_loss_nats_per_token"],
+        "val_bits_per_char": summary["val_bits_per_token"],
+        "epochs_of_200_steps": summary["epochs_run"], "train_chars_per_second": summary["tokens_per_second"],
+        "wall_seconds": summary["wall_seconds"], "target_nats_per_char": 1.47,
+    }
+    save("quality", result)
+    return result
+
+
+def _seconds_per_step(data) -> float:
+    """Time a few steps of the quality model, to size the cosine schedule to the budget."""
+    model = builders.build_next_token_model(id_space_size(data.vocabulary), QUALITY_MODEL)
+    builders.compile_next_token_model(model, builders.make_optimizer(OptimizerConfig()))
+    n = 20 * QUALITY_BATCH
+    x = data.train_ids[:n * SEQ_LEN].reshape(n, SEQ_LEN)
+    y = data.train_ids[1:n * SEQ_LEN + 1].reshape(n, SEQ_LEN)
+    model.fit(x[:2 * QUALITY_BATCH], y[:2 * QUALITY_BATCH], batch_size=QUALITY_BATCH, verbose=0)
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=QUALITY_BATCH, verbose=0)
+    return (time.perf_counter() - start) / 20
+
+
+def table() -> str:
+    """The README's benchmark table, from whatever results are on disk."""
+    rows = ["| benchmark | result | baseline / target |", "|---|---|---|"]
+    results = {p.stem: json.loads(p.read_text()) for p in sorted(RESULTS.glob("text_*.json"))}
+    if "text_throughput" in results:
+        r = results["text_throughput"]
+        rows.append(f"| training throughput, {r['model']} | pipeline {r['pipeline_chars_per_second']:,.0f} chars/s "
+                    f"| bare `Model.fit` {r['bare_fit_chars_per_second']:,.0f} chars/s: ratio **{r['ratio']:.2f}** "
+                    f"(target ≥ {r['target_ratio']}) |")
+    if "text_generation" in results:
+        r = results["text_generation"]
+        batch_key = next(k for k in r if k.startswith("in_graph_") and k.endswith("prompts_chars_per_second"))
+        rows.append(f"| generation, {r['model']}, in-graph `generate`, 1 prompt | "
+                    f"**{r['in_graph_one_prompt_chars_per_second']:,.0f} chars/s** "
+                    f"({r['ms_per_char']['in_graph']:.3f} ms/char) | target ≥ 20,000 chars/s |")
+        rows.append(f"| generation, in-graph, {batch_key.split('_')[2]} prompts | "
+                    f"{r[batch_key]:,.0f} chars/s in aggregate | |")
+        rows.append(f"| generation, Python loop over a one-step function | "
+                    f"{r['python_loop_one_step_function_chars_per_second']:,.0f} chars/s "
+                    f"({r['ms_per_char']['python_loop']:.3f} ms/char) | in-graph is "
+                    f"{r['speedup_vs_python_loop']:.1f}× faster |")
+        rows.append(f"| generation, re-feeding a 40-char window to `predict` | "
+                    f"{r['refeed_40_char_window_predict_chars_per_second']:,.1f} chars/s "
+                    f"({r['ms_per_char']['refeed']:.1f} ms/char) | in-graph is {r['speedup_vs_refeed']:,.0f}× faster |")
+    if "text_quality" in results:
+        r = results["text_quality"]
+        m = r["model"]
+        rows.append(f"| quality, tiny Shakespeare, {r['budget_minutes']:g} min on {r['environment']['cpus']} CPU cores, "
+                    f"{m['cell'].upper()}-{m['units']}×{m['layers']} dropout {m['dropout']} | "
+                    f"**{r['val_nats_per_char']:.3f} nats/char** ({r['val_bits_per_char']:.3f} bits/char) | "
+                    f"target ≤ {r['target_nats_per_char']} nats/char |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.text", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="throughput,generation,quality")
+    parser.add_argument("--quality-minutes", type=float, default=15.0)
+    args = parser.parse_args(argv)
+    chosen = set(args.only.split(","))
+    corpus_name, text = load_corpus()
+    if "throughput" in chosen:
+        print(json.dumps(bench_throughput(corpus_name, text), indent=2))
+    if "generation" in chosen:
+        print(json.dumps(bench_generation(corpus_name, text), indent=2))
+    if "quality" in chosen:
+        print(json.dumps(bench_quality(args.quality_minutes), indent=2))
+    print("\n" + table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
