@@ -68,7 +68,8 @@ class TextModelSignatures(tf.Module):
     def __init__(self, model: keras.Model, vocabulary: Sequence[str], token_level: str,
                  unigram_counts: Sequence[int], metadata: dict[str, Any], top_k: int = 5):
         super().__init__(name="text_model")
-        self.model = model
+        # The layers are tracked one by one, never the Keras model itself: saving a
+        # model traces its call(), which on a GPU would bake cuDNN ops into the export.
         self.lookup = make_lookup(vocabulary)
         self._embedding = model.get_layer("embedding")
         self._recurrent = recurrent_layers(model)

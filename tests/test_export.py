@@ -180,6 +180,9 @@ def test_the_graph_has_no_cudnn_ops(exported_lstm):
     ops = {node.op for node in graph.node} | {node.op for f in graph.library.function for node in f.node_def}
     assert "MatMul" in ops
     assert not [op for op in ops if "Cudnn" in op]
+    # Nor any traced Keras layer call (whose graph, traced on a GPU, would hold cuDNN ops).
+    functions = [f.signature.name for f in graph.library.function]
+    assert not [name for name in functions if "next_token_lstm" in name or "lstm_0" in name], functions
 
 
 def test_word_level_export_generates_words(corpus_file, tmp_path):
