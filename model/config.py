@@ -18,6 +18,8 @@ from typing import Optional
 CELLS = ("simple_rnn", "lstm", "gru")
 CLIP_KINDS = ("clipnorm", "global_clipnorm", "clipvalue", "none")
 LR_SCHEDULES = ("constant", "cosine", "exponential", "plateau")
+TRANSFORMS = ("log_returns", "scaled")
+SERIES_LOSSES = ("mse", "huber")
 MAX_TOKENS_LIMIT = 10_000  # Tokens one generation request may ask for: bounds its work.
 
 
@@ -139,3 +141,39 @@ class TrainingConfig:
         _require(self.run_id is None or (self.run_id and "/" not in self.run_id
                                          and self.run_id not in (".", "..")),
                  f"--run-id must be a plain directory name, got {self.run_id!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ForecastConfig:
+    """What a next-value model predicts, from what.
+
+    Attributes:
+        window: W, days per input window.
+        horizon: H, days predicted at once (direct multi-step output).
+        transform: `"log_returns"` (default) or `"scaled"` prices.
+        loss: `"mse"` or `"huber"` (with quantiles, the pinball loss is used).
+        quantiles: Quantile levels to predict, e.g. (0.1, 0.5, 0.9); empty for
+            one value per day.
+        bidirectional: Wrap the recurrent layers in `Bidirectional`.
+        ma_days: k of the moving-average baseline.
+    """
+
+    window: int = 30
+    horizon: int = 1
+    transform: str = "log_returns"
+    loss: str = "mse"
+    quantiles: tuple[float, ...] = ()
+    bidirectional: bool = False
+    ma_days: int = 5
+
+    def validate(self) -> None:
+        _require(self.window >= 2 and self.horizon >= 1,
+                 f"--window must be >= 2 and --horizon >= 1, got {self.window} and {self.horizon}")
+        _require(self.transform in TRANSFORMS,
+                 f"unknown --transform {self.transform!r}: choose one of {', '.join(TRANSFORMS)}")
+        _require(self.loss in SERIES_LOSSES,
+                 f"unknown --loss {self.loss!r}: choose one of {', '.join(SERIES_LOSSES)}")
+        _require(all(0 < q < 1 for q in self.quantiles) and list(self.quantiles) == sorted(set(self.quantiles)),
+                 "--quantiles must be increasing levels between 0 and 1, e.g. 0.1,0.5,0.9; "
+                 f"got {','.join(map(str, self.quantiles))}")
+        _require(self.ma_days > 0, f"--ma-days must be a positive integer, got {self.ma_days}")

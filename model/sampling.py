@@ -69,23 +69,27 @@ def restrict_to_top_k(logits: tf.Tensor, top_k: tf.Tensor) -> tf.Tensor:
     return tf.where(logits < kth_largest[:, None], tf.constant(float("-inf")), logits)
 
 
-def sample_next(logits: tf.Tensor, temperature: tf.Tensor, uniform: tf.Tensor,
+def sample_next(logits: tf.Tensor, inverse_temperature: tf.Tensor, uniform: tf.Tensor,
                 top_k: tf.Tensor | None = None) -> tf.Tensor:
     """Draw one token per row from softmax(logits / temperature).
 
+    This runs once per generated token, so its inputs come shaped for it and
+    every op counts.
+
     Args:
-        logits: float32 `[batch, vocab]`.
-        temperature: float32 `[batch]`, > 0; near 0 is greedy decoding.
-        uniform: float32 `[batch]` in (0, 1), this step's numbers from `uniform_noise`.
+        logits: float32 `[batch, vocab]`, with a static vocabulary size.
+        inverse_temperature: float32 `[batch, 1]`, 1 / temperature; a large
+            value (temperature near 0) is greedy decoding.
+        uniform: float32 `[batch, 1]` in (0, 1), this step's column of `uniform_noise`.
         top_k: Optional int32 `[batch]`: sample among the k most likely only.
 
     Returns:
         int32 `[batch]` token indices into `logits`' last axis.
     """
-    scaled = logits / temperature[:, None]
+    scaled = logits * inverse_temperature
     if top_k is not None:
         scaled = restrict_to_top_k(scaled, top_k)
     cumulative = tf.math.cumsum(tf.nn.softmax(scaled), axis=1)
-    chosen = tf.searchsorted(cumulative, uniform[:, None], side="right", out_type=tf.int32)[:, 0]
+    chosen = tf.reshape(tf.searchsorted(cumulative, uniform, side="right", out_type=tf.int32), [-1])
     # Rounding can leave the total a hair below a uniform close to 1: stay in range.
-    return tf.minimum(chosen, tf.shape(logits)[1] - 1)
+    return tf.minimum(chosen, logits.shape[1] - 1)

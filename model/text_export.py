@@ -24,7 +24,6 @@ only ops that a CPU-only TensorFlow Serving can run.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -147,11 +146,13 @@ class TextModelSignatures(tf.Module):
             weights = self._read_weights()
             logits, states, lengths = self._encode(weights, text)
         steps = tf.reduce_max(tf.concat([max_tokens, [0]], axis=0))
-        uniform = sampling.uniform_noise(seed, steps)  # [b, steps]: row i's draws depend on seed[i] only
+        # Row i's random numbers depend on seed[i] only; laid out [steps, b, 1] for the loop.
+        uniform = tf.transpose(sampling.uniform_noise(seed, steps))[:, :, None]
+        inverse_temperature = 1.0 / temperature[:, None]
         # One slot more than needed, padded below, so stacking works when steps == 0.
         sampled = tf.TensorArray(tf.int32, size=steps + 1)
         for step in tf.range(steps):
-            ids = sampling.sample_next(logits, temperature, uniform[:, step], top_k)
+            ids = sampling.sample_next(logits, inverse_temperature, uniform[step], top_k)
             sampled = sampled.write(step, ids)
             logits, states = self._step(weights, ids, states)
         sampled = sampled.write(steps, tf.zeros_like(lengths))
@@ -257,7 +258,3 @@ def export_text_model(model: keras.Model, base_dir: str | Path, vocabulary: Sequ
 
     return export.export_new_version(base_dir, write)
 
-
-def read_metadata(version_dir: str | Path) -> dict[str, Any]:
-    """Read `assets/metadata.json` of an exported version."""
-    return json.loads((Path(version_dir) / export.METADATA_FILE).read_text(encoding="utf-8"))

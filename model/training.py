@@ -56,7 +56,10 @@ class RunDirectory:
         Raises:
             UsageError: If `run_id` names a run that has already finished.
         """
-        run_id = run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{default_name}"
+        if run_id is None:  # a new run: never reuse a directory, even within the same second
+            stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{default_name}"
+            run_id = next(name for name in (stem, *(f"{stem}-{i}" for i in range(2, 10_000)))
+                          if not (Path(runs_dir) / name).exists())
         run = cls(Path(runs_dir) / run_id)
         if run.summary_json.exists():
             raise UsageError(f"run {run.path} has already finished; pick a new --run-id "

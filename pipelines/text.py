@@ -89,7 +89,7 @@ def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config
     from model import builders, training
     from model.text_export import export_text_model
     from model.vocabulary import id_space_size
-    from pipelines.text_data import make_dataset
+    from pipelines.text_data import make_dataset, window_count
 
     keras.utils.set_random_seed(training_config.seed)
     run = training.RunDirectory.open(training_config.runs_dir, training_config.run_id, Path(output).name)
@@ -108,7 +108,7 @@ def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config
         model, output, data.vocabulary, data.token_level, data.unigram_counts, seq_len,
         extra_metadata={"run_id": run.run_id, "val_loss_nats_per_token": val_nats})
 
-    batch = min(training_config.batch_size, (len(data.train_ids) - 1) // seq_len)
+    batch = min(training_config.batch_size, window_count(data.train_ids, seq_len))  # as make_dataset
     # Steady state: the first step (graph tracing) and validation are not counted.
     tokens_per_second = result.timed_steps * batch * seq_len / result.train_seconds if result.timed_steps else 0.0
     summary = {

@@ -95,3 +95,25 @@ def test_cli_end_to_end_in_a_real_process(corpus_file, tmp_path):
         "learning_rate": 0.002, "clip": "global_clipnorm", "clip_value": 5.0, "lr_schedule": "cosine",
         "lr_half_life_steps": 1000}
     assert summary["export_path"] == str(tmp_path / "saved_models" / "cli" / "1")
+
+
+def test_new_runs_never_share_a_directory(tmp_path):
+    from model.training import RunDirectory
+
+    first = RunDirectory.open(str(tmp_path), None, "model")
+    second = RunDirectory.open(str(tmp_path), None, "model")  # same second, most likely
+    assert first.path != second.path and first.path.is_dir() and second.path.is_dir()
+
+
+def test_standard_callbacks_watch_the_validation_loss(tmp_path):
+    from model.config import OptimizerConfig, TrainingConfig
+    from model.training import RunDirectory, standard_callbacks
+
+    run = RunDirectory.open(str(tmp_path), "r", "model")
+    callbacks = standard_callbacks(run, TrainingConfig(patience=4), OptimizerConfig(lr_schedule="plateau"))
+    by_type = {type(c).__name__: c for c in callbacks}
+    assert {"BackupAndRestore", "ModelCheckpoint", "CSVLogger", "TensorBoard", "EarlyStopping",
+            "ReduceLROnPlateau", "TerminateOnNaN"} <= set(by_type)
+    assert by_type["EarlyStopping"].monitor == "val_loss" and by_type["EarlyStopping"].patience == 4
+    assert "EarlyStopping" not in {type(c).__name__ for c in
+                                   standard_callbacks(run, TrainingConfig(patience=0), OptimizerConfig())}
