@@ -72,7 +72,7 @@ def walk_forward(model, scaling, series: PriceSeries, split: Split, forecast: Fo
             known = origins_in(0, int(chunk[0]) + 1, W, H)
             z = np.asarray(scaling.to_z(future_at(target, known, H), target[known]))
             model.fit(make_dataset(series.values, z, known, W, batch_size, True, seed + start),
-                      epochs=refit_epochs, verbose=0)
+                      epochs=refit_epochs, shuffle=False, verbose=0)  # the dataset shuffles itself
             refits += 1
         chunks.append(predict_prices(model, scaling, series, chunk, W))
     return Backtest(origins=origins, predictions=np.concatenate(chunks), refits=refits)
