@@ -177,10 +177,10 @@ def bench_generation(corpus_name: str, text: str, chars: int = 2000, batch: int 
 
 # -- 3. quality: validation loss on tiny Shakespeare after a fixed time budget --------
 
-# Chosen from step-time measurements on 2 cores: LSTM-512 at batch 128 sees ~13M characters
-# (13 epochs) in 15 minutes; the cosine schedule is sized to end with the budget.
-QUALITY_MODEL = ModelConfig(cell="lstm", units=512, layers=1, dropout=0.1, embedding_dim=64)
-QUALITY_OPTIMIZER = OptimizerConfig(learning_rate=3e-3, lr_schedule="cosine")
+# LSTM-512 at batch 128 saw only 10M characters in the budget and reached 1.58 nats/char here;
+# a narrower GRU sees about twice as many. The learning rate decays (cosine) over the time budget.
+QUALITY_MODEL = ModelConfig(cell="gru", units=384, layers=1, dropout=0.1, embedding_dim=64)
+QUALITY_OPTIMIZER = OptimizerConfig(learning_rate=4e-3, lr_schedule="cosine")
 QUALITY_BATCH = 128
 QUALITY_STEPS_PER_EPOCH = 100
 
@@ -191,13 +191,9 @@ def bench_quality(minutes: float) -> dict | None:
         return None
     data = prepare_text(read_corpus(SHAKESPEARE), "char", SEQ_LEN)
     with tempfile.TemporaryDirectory() as workdir:
-        # Short epochs, and as many as the budget holds, so the cosine schedule spans the budget.
-        seconds_per_step = _seconds_per_step(data)
-        steps_per_epoch = QUALITY_STEPS_PER_EPOCH
-        epochs = max(1, int(minutes * 60 / seconds_per_step / steps_per_epoch))
         summary = train_text_model(
             data, QUALITY_MODEL, QUALITY_OPTIMIZER,
-            TrainingConfig(epochs=epochs, batch_size=QUALITY_BATCH, steps_per_epoch=steps_per_epoch,
+            TrainingConfig(epochs=100_000, batch_size=QUALITY_BATCH, steps_per_epoch=QUALITY_STEPS_PER_EPOCH,
                            patience=0, time_budget_minutes=minutes, runs_dir=str(Path(workdir) / "runs")),
             SEQ_LEN, Path(workdir) / "saved_models" / "quality",
             data_config={"corpus": "tinyshakespeare", "val_fraction": 0.1})
@@ -206,24 +202,20 @@ def bench_quality(minutes: float) -> dict | None:
         "model": QUALITY_MODEL.__dict__, "optimizer": QUALITY_OPTIMIZER.__dict__, "batch_size": QUALITY_BATCH,
         "val_nats_per_char": summary["val_loss_nats_per_token"],
         "val_bits_per_char": summary["val_bits_per_token"],
-        "epochs_run": summary["epochs_run"], "steps_per_epoch": QUALITY_STEPS_PER_EPOCH, "train_chars_per_second": summary["tokens_per_second"],
+        "epochs_run": summary["epochs_run"], "steps_per_epoch": QUALITY_STEPS_PER_EPOCH,
+        "train_chars_per_second": summary["tokens_per_second"],
         "wall_seconds": summary["wall_seconds"], "target_nats_per_char": 1.47,
+        "earlier_runs": EARLIER_QUALITY_RUNS,
     }
     save("quality", result)
     return result
 
 
-def _seconds_per_step(data) -> float:
-    """Time a few steps of the quality model, to size the cosine schedule to the budget."""
-    model = builders.build_next_token_model(id_space_size(data.vocabulary), QUALITY_MODEL)
-    builders.compile_next_token_model(model, builders.make_optimizer(OptimizerConfig()))
-    n = 10 * QUALITY_BATCH
-    x = data.train_ids[:n * SEQ_LEN].reshape(n, SEQ_LEN)
-    y = data.train_ids[1:n * SEQ_LEN + 1].reshape(n, SEQ_LEN)
-    model.fit(x[:2 * QUALITY_BATCH], y[:2 * QUALITY_BATCH], batch_size=QUALITY_BATCH, verbose=0)
-    start = time.perf_counter()
-    model.fit(x, y, batch_size=QUALITY_BATCH, verbose=0)
-    return (time.perf_counter() - start) / 10
+# What other configurations reached here, for the record (same 2-core machine, same budget).
+EARLIER_QUALITY_RUNS = [
+    {"model": "LSTM-512x1, dropout 0.1, batch 128, cosine over 800 steps (10.5 min used)",
+     "val_nats_per_char": 1.584},
+]
 
 
 def table() -> str:

@@ -65,10 +65,12 @@ def make_optimizer(config: OptimizerConfig, total_steps: int | None = None) -> k
 
     Returns:
         A Keras Adam optimiser. `"plateau"` keeps a constant rate here: it is
-        driven by the `ReduceLROnPlateau` callback in `model.training`.
+        driven by the `ReduceLROnPlateau` callback in `model.training`; so does
+        `"cosine"` without `total_steps` (a time-budgeted run: a callback
+        decays the rate over the budget instead).
     """
     learning_rate = config.learning_rate
-    if config.lr_schedule == "cosine":
+    if config.lr_schedule == "cosine" and total_steps:
         learning_rate = keras.optimizers.schedules.CosineDecay(
             config.learning_rate, decay_steps=max(1, total_steps or 1))
     elif config.lr_schedule == "exponential":

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Optional
 import keras
 import tensorflow as tf
 
+from model import builders
 from model.config import OptimizerConfig, TrainingConfig, UsageError
 
 
@@ -139,6 +140,31 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class CosineOverTime(keras.callbacks.Callback):
+    """Cosine learning-rate decay over a wall-time budget rather than a step count.
+
+    A run limited by time cannot know its step count in advance; this decays
+    the rate from its initial value to 0 exactly as the budget runs out.
+
+    Args:
+        initial: The initial learning rate.
+        minutes: The budget.
+    """
+
+    def __init__(self, initial: float, minutes: float):
+        super().__init__()
+        self.initial = initial
+        self.seconds = minutes * 60.0
+        self._start = 0.0
+
+    def on_train_begin(self, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        progress = min(1.0, (time.perf_counter() - self._start) / self.seconds)
+        self.model.optimizer.learning_rate = self.initial * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 class ThroughputMeter(keras.callbacks.Callback):
     """Steady-state training speed: training steps and the wall time in them.
 
@@ -241,7 +267,25 @@ def standard_callbacks(run: RunDirectory, config: TrainingConfig,
     if optimizer_config.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)))
+    if optimizer_config.lr_schedule == "cosine" and config.time_budget_minutes:
+        callbacks.append(CosineOverTime(optimizer_config.learning_rate, config.time_budget_minutes))
     return callbacks
+
+
+def make_run_optimizer(optimizer_config: OptimizerConfig, config: TrainingConfig,
+                       steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The optimiser of a run: a cosine schedule spans the run's steps, or its time budget.
+
+    Args:
+        optimizer_config: Learning rate, schedule and clipping.
+        config: Epochs and time budget.
+        steps_per_epoch: Training steps per epoch.
+
+    Returns:
+        From `model.builders.make_optimizer`.
+    """
+    total_steps = None if config.time_budget_minutes else steps_per_epoch * config.epochs
+    return builders.make_optimizer(optimizer_config, total_steps=total_steps)
 
 
 def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dataset,

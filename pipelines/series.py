@@ -157,7 +157,7 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
     """
     import keras
 
-    from model import builders, training
+    from model import training
     from model.series_export import export_series_model
     from model.series_model import (build_next_value_model, compile_next_value_model, fit_scaling,
                                     price_scaling)
@@ -179,7 +179,7 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
     val_data = make_dataset(series.values, val_z, val_origins, W, training_config.batch_size, False)
 
     steps_per_epoch = training_config.steps_per_epoch or int(np.ceil(len(train_origins) / training_config.batch_size))
-    optimizer = builders.make_optimizer(optimizer_config, total_steps=steps_per_epoch * training_config.epochs)
+    optimizer = training.make_run_optimizer(optimizer_config, training_config, steps_per_epoch)
     compile_next_value_model(model, optimizer, forecast.loss, forecast.quantiles)
     run = training.RunDirectory.open(training_config.runs_dir, training_config.run_id, Path(output).name)
     result = training.train(model, train_data, val_data, run, training_config, optimizer_config, extra_callbacks)

@@ -98,7 +98,7 @@ def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config
     val_data = make_dataset(data.val_ids, seq_len, training_config.batch_size, shuffle=False)
     steps_per_epoch = training_config.steps_per_epoch or int(train_data.cardinality())
     model = builders.build_next_token_model(id_space_size(data.vocabulary), model_config)
-    optimizer = builders.make_optimizer(optimizer_config, total_steps=steps_per_epoch * training_config.epochs)
+    optimizer = training.make_run_optimizer(optimizer_config, training_config, steps_per_epoch)
     builders.compile_next_token_model(model, optimizer)
 
     result = training.train(model, train_data, val_data, run, training_config, optimizer_config,

@@ -117,3 +117,21 @@ def test_standard_callbacks_watch_the_validation_loss(tmp_path):
     assert by_type["EarlyStopping"].monitor == "val_loss" and by_type["EarlyStopping"].patience == 4
     assert "EarlyStopping" not in {type(c).__name__ for c in
                                    standard_callbacks(run, TrainingConfig(patience=0), OptimizerConfig())}
+
+
+def test_cosine_over_a_time_budget_decays_to_zero_as_time_runs_out():
+    import time
+
+    from model.builders import build_next_token_model, compile_next_token_model, make_optimizer
+    from model.config import ModelConfig, OptimizerConfig
+    from model.training import CosineOverTime
+
+    model = build_next_token_model(5, ModelConfig(cell="gru", units=2, embedding_dim=2))
+    optimizer = make_optimizer(OptimizerConfig(learning_rate=0.5, lr_schedule="cosine"), total_steps=None)
+    compile_next_token_model(model, optimizer)
+    schedule = CosineOverTime(0.5, minutes=1.0)
+    schedule.set_model(model)
+    for elapsed, expected in ((0.0, 0.5), (30.0, 0.25), (60.0, 0.0), (90.0, 0.0)):
+        schedule._start = time.perf_counter() - elapsed
+        schedule.on_train_batch_begin(0)
+        assert float(model.optimizer.learning_rate) == pytest.approx(expected, abs=2e-3)
