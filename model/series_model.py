@@ -167,6 +167,55 @@ class PinballLoss(keras.losses.Loss):
         return {**super().get_config(), "quantiles": self.quantiles}
 
 
+@keras.saving.register_keras_serializable(package="rnn_serving")
+class IntervalMargin(keras.layers.Layer):
+    """Widens (or narrows) the outermost predicted quantiles by a calibrated margin.
+
+    The margin, one per horizon in z units, is 0 while training and is set
+    afterwards by conformal calibration on the validation span (see
+    `conformal_margin`), so that the interval covers its nominal share there.
+
+    Args:
+        horizon: H.
+        n_quantiles: Q (at least 2: the interval runs from the first to the last).
+    """
+
+    def __init__(self, horizon: int, n_quantiles: int, **kwargs):
+        super().__init__(**kwargs)
+        self.horizon, self.n_quantiles = int(horizon), int(n_quantiles)
+        self.margin = self.add_weight(shape=(self.horizon,), initializer="zeros", trainable=False, name="margin")
+
+    def call(self, z):
+        zeros = ops.zeros((self.horizon, self.n_quantiles - 2), dtype=z.dtype)
+        offsets = ops.concatenate([-self.margin[:, None], zeros, self.margin[:, None]], axis=1)
+        return z + offsets
+
+    def get_config(self):
+        return {**super().get_config(), "horizon": self.horizon, "n_quantiles": self.n_quantiles}
+
+
+def conformal_margin(lower: np.ndarray, upper: np.ndarray, actual: np.ndarray, level: float) -> np.ndarray:
+    """Conformalized quantile regression (Romano et al., 2019): the margin per horizon.
+
+    With scores E = max(lower - actual, actual - upper), the interval
+    [lower - m, upper + m] with m the ceil(level * (n + 1))-th smallest score
+    covers at least `level` of the calibration points (and of future ones, if
+    they behave alike). A negative margin narrows an interval that was too wide.
+
+    Args:
+        lower, upper: `[n, H]` predicted bounds on the calibration span.
+        actual: `[n, H]` what happened.
+        level: Nominal coverage, e.g. 0.8 for the 0.1-0.9 interval.
+
+    Returns:
+        `[H]` margins, in the units of the inputs.
+    """
+    scores = np.sort(np.maximum(lower - actual, actual - upper), axis=0)
+    n = scores.shape[0]
+    rank = min(n, int(np.ceil(level * (n + 1))))
+    return scores[rank - 1]
+
+
 def build_next_value_model(window: int, log_features: Sequence[bool], target_index: int, horizon: int,
                            config: ModelConfig, transform: str = "log_returns",
                            quantiles: Sequence[float] = (), bidirectional: bool = False) -> keras.Model:
@@ -185,7 +234,8 @@ def build_next_value_model(window: int, log_features: Sequence[bool], target_ind
             are predicted.
 
     Returns:
-        An uncompiled model; its `PriceScaling` layer still needs `set_stats`.
+        An uncompiled model; its `PriceScaling` layer still needs `set_stats`,
+        and with quantiles its `IntervalMargin` layer a calibration.
     """
     prices = keras.Input(shape=(window, len(log_features)), name="window")
     x = PriceScaling(transform, log_features, target_index, horizon, name="price_scaling")(prices)
@@ -196,8 +246,10 @@ def build_next_value_model(window: int, log_features: Sequence[bool], target_ind
         if config.dropout > 0:
             x = keras.layers.Dropout(config.dropout, name=f"dropout_{index}")(x)
     if quantiles:
-        z = keras.layers.Reshape((horizon, len(quantiles)), name="z")(
+        z = keras.layers.Reshape((horizon, len(quantiles)), name="quantiles")(
             keras.layers.Dense(horizon * len(quantiles), name="head")(x))
+        if len(quantiles) >= 2:
+            z = IntervalMargin(horizon, len(quantiles), name="interval_margin")(z)
     else:
         z = keras.layers.Dense(horizon, name="z")(x)
     return keras.Model(prices, z, name=f"next_value_{config.cell}")

@@ -11,9 +11,12 @@ the same list, so training ids and serving ids cannot drift apart.
 from __future__ import annotations
 
 import collections
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # keras is imported lazily: the CLIs validate input before loading TensorFlow
+    import keras
 
 PAD_ID = 0
 OOV_ID = 1
@@ -58,9 +61,9 @@ def id_space_size(vocabulary: Sequence[str]) -> int:
     return len(vocabulary) + FIRST_TOKEN_ID
 
 
-def make_lookup(vocabulary: Sequence[str]) -> "keras.layers.StringLookup":  # noqa: F821
+def make_lookup(vocabulary: Sequence[str]) -> "keras.layers.StringLookup":
     """The in-model string -> id layer, consistent with `encode`."""
-    import keras  # Here, not at the top: the CLIs validate input before loading TensorFlow.
+    import keras
 
     return keras.layers.StringLookup(vocabulary=list(vocabulary), mask_token="",
                                      num_oov_indices=1, oov_token=OOV_TOKEN)

@@ -13,6 +13,7 @@ forecast.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,21 @@ def predict_prices(model, scaling, series: PriceSeries, origins: np.ndarray, win
     return np.asarray(scaling.to_prices(z, last), np.float64)
 
 
+@contextlib.contextmanager
+def _interval_margin_off(model):
+    """Zero the conformal margin while training, so the pinball loss does not learn to undo it."""
+    layer = next((l for l in model.layers if l.name == "interval_margin"), None)  # noqa: E741
+    if layer is None:
+        yield
+        return
+    margin = layer.margin.numpy()
+    layer.margin.assign(np.zeros_like(margin))
+    try:
+        yield
+    finally:
+        layer.margin.assign(margin)
+
+
 def walk_forward(model, scaling, series: PriceSeries, split: Split, forecast: ForecastConfig,
                  refit_every: int = 0, refit_epochs: int = 1, batch_size: int = 32, seed: int = 0) -> Backtest:
     """Forecast the test span step by step, refitting on an expanding window.
@@ -71,8 +87,9 @@ def walk_forward(model, scaling, series: PriceSeries, split: Split, forecast: Fo
             # Everything whose H targets are known at the first origin of this chunk.
             known = origins_in(0, int(chunk[0]) + 1, W, H)
             z = np.asarray(scaling.to_z(future_at(target, known, H), target[known]))
-            model.fit(make_dataset(series.values, z, known, W, batch_size, True, seed + start),
-                      epochs=refit_epochs, shuffle=False, verbose=0)  # the dataset shuffles itself
+            with _interval_margin_off(model):  # refit the raw quantiles; keep the calibration
+                model.fit(make_dataset(series.values, z, known, W, batch_size, True, seed + start),
+                          epochs=refit_epochs, shuffle=False, verbose=0)  # the dataset shuffles itself
             refits += 1
         chunks.append(predict_prices(model, scaling, series, chunk, W))
     return Backtest(origins=origins, predictions=np.concatenate(chunks), refits=refits)

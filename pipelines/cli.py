@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from model.config import CELLS, LR_SCHEDULES, ModelConfig, OptimizerConfig, TrainingConfig, UsageError
@@ -87,6 +88,25 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
         runs_dir=args.runs_dir, run_id=args.run_id)
     config.validate()
     return config
+
+
+def existing_file(path: str | os.PathLike, flag: str, expected: str) -> Path:
+    """The path of an input file that must exist and not be a directory.
+
+    Args:
+        path: What the user passed.
+        flag: The flag it came from, for the message (e.g. "--corpus").
+        expected: What to pass instead, for the message (e.g. "a UTF-8 text file").
+
+    Raises:
+        UsageError: If the path is missing or a directory.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{flag} {path} does not exist; pass {expected}")
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a directory; pass {expected}")
+    return path
 
 
 def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:

@@ -21,13 +21,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from model.config import UsageError
+from pipelines.cli import existing_file
 
 DEFAULT_SOURCE = "bokeh_sampledata.stocks"
 DEFAULT_TICKER = "MSFT"
@@ -88,11 +88,7 @@ def default_prices() -> pd.DataFrame:
 
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:
     """Read a CSV file as strings (validation and parsing happen in `load_prices`)."""
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"--csv {path} does not exist; pass a CSV file with a Date column and prices")
-    if path.is_dir():
-        raise UsageError(f"--csv {path} is a directory; pass a CSV file")
+    path = existing_file(path, "--csv", "a CSV file with a Date column and prices")
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
     except pd.errors.EmptyDataError:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from model.config import UsageError
 from model.vocabulary import TOKEN_LEVELS, build_vocabulary, encode, tokenize
+from pipelines.cli import existing_file
 
 DEFAULT_CORPUS_NAME = "pydoc_data.topics"
 
@@ -41,11 +41,7 @@ def read_corpus(path: str | os.PathLike) -> str:
         UsageError: Missing file, a directory, unreadable, empty, or not UTF-8
             (the message names the byte offset of the first bad byte).
     """
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"--corpus {path} does not exist; pass the path of a UTF-8 text file")
-    if path.is_dir():
-        raise UsageError(f"--corpus {path} is a directory; pass the path of a UTF-8 text file")
+    path = existing_file(path, "--corpus", "the path of a UTF-8 text file")
     try:
         raw = path.read_bytes()
     except OSError as error:

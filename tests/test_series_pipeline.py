@@ -141,6 +141,9 @@ def test_quantiles_multi_step_scaled_bidirectional_with_refits(msft, tmp_path):
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     coverage = summary["evaluation"]["interval_coverage"]
     assert coverage["nominal"] == pytest.approx(0.8) and 0 <= coverage["observed"] <= 1
+    calibration = summary["evaluation"]["interval_calibration"]
+    n = summary["val_windows"]
+    assert 0.8 <= calibration["validation_coverage_after"] <= 0.8 + 2.0 / n + 1e-9
     loaded = tf.saved_model.load(summary["export_path"])
     out = loaded.signatures["serving_default"](window=tf.constant(msft.values[-20:][None].astype(np.float32)))
     assert out["next_value"].shape == (1, 3) and out["quantiles"].shape == (1, 3, 3)
@@ -187,3 +190,16 @@ def test_write_default_csv_then_train_on_it_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "naive" in result.stdout and "× naive" in result.stdout
     assert (tmp_path / "sm" / "ibm" / "1" / "saved_model.pb").is_file()
+
+
+def test_conformal_margin_reaches_the_nominal_coverage_both_ways():
+    from model.series_model import conformal_margin
+
+    rng = np.random.default_rng(0)
+    actual = rng.normal(size=(500, 2))
+    for half_width in (0.2, 3.0):  # far too narrow, far too wide
+        lower, upper = actual * 0 - half_width, actual * 0 + half_width
+        margin = conformal_margin(lower, upper, actual, 0.8)
+        covered = np.mean((lower - margin <= actual) & (actual <= upper + margin), axis=0)
+        assert np.all(covered >= 0.8) and np.all(covered <= 0.8 + 2 / 500)
+        assert (margin > 0).all() if half_width < 1 else (margin < 0).all()
