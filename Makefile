@@ -29,6 +29,7 @@ test: $(INSTALLED)
 # Benchmarks are not tests: they write bench/results/*.json and print the README's table.
 bench: $(INSTALLED)
 	$(PY) -m bench.text
+	$(PY) -m bench.series
 
 tensorboard: $(INSTALLED)
 	$(VENV)/bin/tensorboard --logdir runs

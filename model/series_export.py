@@ -38,6 +38,7 @@ class SeriesModelSignatures(tf.Module):
         self.network = cpu_portable_copy(model)
         self._scaling = price_scaling(self.network)
         self._window, self._features = metadata["window"], len(metadata["features"])
+        self._feature_names = list(metadata["features"])
         self._target_index = metadata["features"].index(metadata["target"])
         self._log_prices = metadata["transform"] == "log_returns"
         self._price_columns = tf.constant([bool(flag) for flag in metadata["log_features"]])
@@ -54,6 +55,12 @@ class SeriesModelSignatures(tf.Module):
         self.metadata = tf.function(lambda: dict(self._metadata), input_signature=[])
 
     def _predict(self, window):
+        expected = (f"window must have shape [batch, {self._window}, {self._features}]: {self._window} days "
+                    f"of {', '.join(self._feature_names)}, oldest first")
+        # The signature declares this shape, but a loaded signature does not enforce it.
+        with tf.control_dependencies([tf.debugging.assert_equal(
+                tf.shape(window)[1:], tf.constant([self._window, self._features]), message=expected)]):
+            window = tf.identity(window)
         checks = [tf.debugging.assert_all_finite(
             window, message=f"window holds NaN or Inf: send {self._window} finite values per feature")]
         if self._log_prices:

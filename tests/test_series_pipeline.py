@@ -125,10 +125,35 @@ def test_served_windows_with_bad_values_are_refused(trained, msft, window, messa
         loaded.signatures["serving_default"](window=tf.constant(bad))
 
 
-def test_served_window_of_the_wrong_length_is_refused(trained, msft):
+@pytest.mark.parametrize("shape", [(1, 19, 1), (1, 20, 2), (20, 1)])
+def test_served_window_of_the_wrong_length_or_feature_count_is_refused(trained, shape):
     loaded = tf.saved_model.load(trained["export_path"])
-    with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError)):
-        loaded.signatures["serving_default"](window=tf.constant(msft.values[-19:][None].astype(np.float32)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"window must have shape \[batch, 20, 1\]"):
+        loaded.signatures["serving_default"](window=tf.constant(np.full(shape, 30.0, np.float32)))
+
+
+@pytest.mark.parametrize("loss, expected", [("mse", "MeanSquaredError"), ("huber", "Huber")])
+def test_loss_is_selectable(loss, expected):
+    import keras
+
+    from model.series_model import PinballLoss, compile_next_value_model
+
+    model = build_next_value_model(5, [True], 0, 1, ModelConfig(units=2))
+    compile_next_value_model(model, keras.optimizers.Adam(), loss)
+    assert type(model.loss).__name__ == expected
+    quantile_model = build_next_value_model(5, [True], 0, 2, ModelConfig(units=2), quantiles=(0.1, 0.9))
+    compile_next_value_model(quantile_model, keras.optimizers.Adam(), loss, quantiles=(0.1, 0.9))
+    assert isinstance(quantile_model.loss, PinballLoss)
+
+
+def test_pinball_loss_is_minimised_by_the_quantile():
+    from model.series_model import PinballLoss
+
+    values = np.random.default_rng(0).normal(size=(2000, 1)).astype(np.float32)
+    loss = PinballLoss([0.9])
+    candidates = np.linspace(-2, 3, 101)
+    losses = [float(loss(values, np.full((2000, 1, 1), c, np.float32))) for c in candidates]
+    assert candidates[int(np.argmin(losses))] == pytest.approx(np.quantile(values, 0.9), abs=0.06)
 
 
 def test_quantiles_multi_step_scaled_bidirectional_with_refits(msft, tmp_path):
