@@ -225,8 +225,9 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
                                    training_config.batch_size, training_config.seed)
     name = model_config.cell.upper().replace("SIMPLE_RNN", "SimpleRNN")
     evaluation = evaluate(series, split, forecast, walked.predictions, walked.origins, name)
-    plots = backtest.plot_backtest(series, walked, forecast, f"{name} on {series.ticker or series.source}: "
-                                   f"{evaluation['verdict'].split(' — ')[0]}", run.path)
+    headline = evaluation["verdict"].split(" — ")[0].split(": ", 1)[1]  # "RMSE 1.001× naive"
+    plots = backtest.plot_backtest(series, walked, forecast, f"{name} on {series.ticker or series.source}: {headline}",
+                                   run.path)
     evaluation["interval_calibration"] = calibration
     evaluation["walk_forward"] = {"refit_every": refit_every, "refit_epochs": refit_epochs,
                                   "refits": walked.refits, "plots": plots}
