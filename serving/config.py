@@ -1,0 +1,106 @@
+"""TensorFlow Serving's configuration files, read with protobuf `text_format`.
+
+`models.config` is a `ModelServerConfig`, whose message ships with
+tensorflow-serving-api. The batching and monitoring messages do not ship in
+any pip package, so their schemas (the fields this project uses, with
+TensorFlow Serving's names and numbers) are declared below and built with
+protobuf's descriptor API: a file that parses here parses in
+`tensorflow_model_server` too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and the problem."""
+
+
+def _declare_messages():
+    """BatchingParameters and MonitoringConfig, as TensorFlow Serving declares them."""
+    f = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(
+        name="rnn_serving/tf_serving_configs.proto", package="tensorflow.serving", syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"])
+
+    def message(name, fields):
+        proto = file.message_type.add(name=name)
+        for number, (field_name, kind, type_name, label) in enumerate(fields, start=1):
+            if field_name is None:
+                continue  # a field number this project does not use
+            field = proto.field.add(name=field_name, number=number, type=kind, label=label or f.LABEL_OPTIONAL)
+            if type_name:
+                field.type_name = type_name
+
+    int64_value, string_value, bool_value = (".google.protobuf.Int64Value", ".google.protobuf.StringValue",
+                                             ".google.protobuf.BoolValue")
+    message("BatchingParameters", [
+        ("max_batch_size", f.TYPE_MESSAGE, int64_value, None),
+        ("batch_timeout_micros", f.TYPE_MESSAGE, int64_value, None),
+        ("thread_pool_name", f.TYPE_MESSAGE, string_value, None),
+        ("num_batch_threads", f.TYPE_MESSAGE, int64_value, None),
+        ("max_enqueued_batches", f.TYPE_MESSAGE, int64_value, None),
+        ("allowed_batch_sizes", f.TYPE_INT64, None, f.LABEL_REPEATED),
+        ("pad_variable_length_inputs", f.TYPE_BOOL, None, None),
+        ("enable_large_batch_splitting", f.TYPE_MESSAGE, bool_value, None),
+        ("max_execution_batch_size", f.TYPE_MESSAGE, int64_value, None),
+    ])
+    message("PrometheusConfig", [("enable", f.TYPE_BOOL, None, None), ("path", f.TYPE_STRING, None, None)])
+    message("MonitoringConfig", [("prometheus_config", f.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig", None)])
+
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
+    pool.Add(file)
+    return (message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")),
+            message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")))
+
+
+BatchingParameters, MonitoringConfig = _declare_messages()
+ModelServerConfig = model_server_config_pb2.ModelServerConfig
+
+
+def parse(path: str | os.PathLike, message_class):
+    """Parse a text-proto file into `message_class`.
+
+    Raises:
+        ConfigError: Missing file or a syntax error (with the line, as protobuf reports it).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        return text_format.Parse(text, message_class())
+    except text_format.ParseError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def read_model_config(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
+    """Read models.config; every model needs a name and a base path, names must be unique."""
+    config = parse(path, ModelServerConfig)
+    names = [model.name for model in config.model_config_list.config]
+    if not names:
+        raise ConfigError(f"{path}: model_config_list holds no model")
+    for model in config.model_config_list.config:
+        if not model.name or not model.base_path:
+            raise ConfigError(f"{path}: every config needs a name and a base_path")
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: model name {duplicates[0]!r} appears twice")
+    return config
+
+
+def read_batching_parameters(path: str | os.PathLike):
+    """Read batching.config (a BatchingParameters text proto)."""
+    return parse(path, BatchingParameters)
+
+
+def read_monitoring_config(path: str | os.PathLike):
+    """Read monitoring.config (a MonitoringConfig text proto)."""
+    return parse(path, MonitoringConfig)
