@@ -1,0 +1,199 @@
+"""A Python client for TensorFlow Serving's gRPC API: next token, generation, next value.
+
+    python -m serving.client --target localhost:8500 next-token --model text "The "
+    python -m serving.client --target localhost:8500 generate --model text --max-tokens 200 "The "
+    python -m serving.client --target localhost:8500 next-value --model stock 24.1,24.3,...
+    python -m serving.client --target localhost:8500 status --model text
+
+It speaks only the official protos (tensorflow-serving-api stubs), so it works
+unchanged against `tensorflow_model_server` and against `serving.server`.
+Every call has a deadline; UNAVAILABLE (a server starting or restarting) is
+retried with exponential backoff, nothing else is; failures are raised as
+`ServingCallError` carrying the gRPC code and the server's message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, Optional, Sequence
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import wrappers_pb2
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, model_service_pb2_grpc,
+                                     predict_pb2, prediction_service_pb2_grpc)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class ServingCallError(RuntimeError):
+    """A failed call: `code` is the gRPC status code, `details` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+def _decode(value: np.ndarray) -> np.ndarray:
+    """String tensors arrive as bytes: decode them to str."""
+    if value.dtype == object:
+        return np.vectorize(lambda v: v.decode("utf-8") if isinstance(v, bytes) else v, otypes=[object])(value)
+    return value
+
+
+class PredictionClient:
+    """One model on one server.
+
+    Args:
+        target: `host:port` of a TensorFlow Serving (or `serving.server`) gRPC endpoint.
+        model: The model's name in models.config.
+        version: A version number (default: the newest loaded).
+        label: A version label such as "stable" or "canary" (instead of a version).
+        timeout: Deadline of each call, in seconds.
+        retries: Retries on UNAVAILABLE, with exponential backoff from 0.1 s.
+    """
+
+    def __init__(self, target: str, model: str, version: Optional[int] = None, label: Optional[str] = None,
+                 timeout: float = 10.0, retries: int = 3):
+        if version is not None and label is not None:
+            raise ValueError("pass a version or a label, not both")
+        self.model, self.version, self.label = model, version, label
+        self.timeout, self.retries = timeout, retries
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _spec(self, signature_name: str = "") -> model_pb2.ModelSpec:
+        spec = model_pb2.ModelSpec(name=self.model, signature_name=signature_name)
+        if self.version is not None:
+            spec.version.CopyFrom(wrappers_pb2.Int64Value(value=self.version))
+        if self.label is not None:
+            spec.version_label = self.label
+        return spec
+
+    def _call(self, method, request):
+        delay = 0.1
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=self.timeout)
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                raise ServingCallError(error.code(), error.details()) from None
+
+    def predict(self, inputs: dict[str, Any], signature_name: str = "serving_default",
+                output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """A raw Predict: numpy inputs in, numpy outputs out."""
+        request = predict_pb2.PredictRequest(model_spec=self._spec(signature_name), output_filter=list(output_filter))
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+        response = self._call(self.predictions.Predict, request)
+        return {name: _decode(tf.make_ndarray(proto)) for name, proto in response.outputs.items()}
+
+    def next_token(self, prompts: Sequence[str]) -> list[list[tuple[str, float]]]:
+        """The most likely next tokens of each prompt, with their probabilities."""
+        out = self.predict({"text": np.array([p.encode("utf-8") for p in prompts], dtype=object)})
+        return [list(zip(tokens, map(float, probabilities)))
+                for tokens, probabilities in zip(out["top_k_tokens"], out["top_k_probabilities"])]
+
+    def generate(self, prompt: str, max_tokens: int = 200, temperature: float = 1.0, seed: int = 0,
+                 top_k: Optional[int] = None) -> str:
+        """The continuation of a prompt, sampled inside the model."""
+        inputs = {"text": np.array([prompt.encode("utf-8")], dtype=object), "max_tokens": np.array([max_tokens], np.int32),
+                  "temperature": np.array([temperature], np.float32), "seed": np.array([seed], np.int64)}
+        signature = "generate"
+        if top_k is not None:
+            inputs["top_k"], signature = np.array([top_k], np.int32), "generate_top_k"
+        return str(self.predict(inputs, signature)["generated"][0])
+
+    def next_value(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """Next values in price units for windows `[b, W, F]` (and `quantiles` when the model has them)."""
+        return self.predict({"window": np.asarray(windows, np.float32)})
+
+    def metadata(self) -> dict[str, dict[str, Any]]:
+        """Each signature's inputs and outputs: {signature: {"inputs": {name: (dtype, shape)}, "outputs": ...}}."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(model_spec=self._spec(),
+                                                                  metadata_field=["signature_def"])
+        response = self._call(self.predictions.GetModelMetadata, request)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+
+        def describe(tensors):
+            return {name: (tf.dtypes.as_dtype(info.dtype).name,
+                           [dim.size for dim in info.tensor_shape.dim]) for name, info in tensors.items()}
+
+        return {name: {"inputs": describe(sig.inputs), "outputs": describe(sig.outputs)}
+                for name, sig in signatures.signature_def.items()}
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each version's state (AVAILABLE, END, ...) and error message."""
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name=self.model))
+        response = self._call(self.models.GetModelStatus, request)
+        return [{"version": s.version, "state": get_model_status_pb2.ModelVersionStatus.State.Name(s.state),
+                 "error": s.status.error_message} for s in response.model_version_status]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", default="localhost:8500")
+    parser.add_argument("--timeout", type=float, default=10.0)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("next-token", "generate", "next-value", "metadata", "status"):
+        command = commands.add_parser(name)
+        command.add_argument("--model", required=True)
+        command.add_argument("--version", type=int, default=None)
+        command.add_argument("--label", default=None)
+        if name in ("next-token", "generate"):
+            command.add_argument("prompt")
+        if name == "generate":
+            command.add_argument("--max-tokens", type=int, default=200)
+            command.add_argument("--temperature", type=float, default=0.8)
+            command.add_argument("--seed", type=int, default=0)
+        if name == "next-value":
+            command.add_argument("values", help="the window's values, oldest first, comma-separated")
+    args = parser.parse_args(argv)
+    try:
+        with PredictionClient(args.target, args.model, args.version, args.label, args.timeout) as client:
+            if args.command == "next-token":
+                for token, probability in client.next_token([args.prompt])[0]:
+                    print(f"{token!r}\t{probability:.4f}")
+            elif args.command == "generate":
+                print(args.prompt + client.generate(args.prompt, args.max_tokens, args.temperature, args.seed))
+            elif args.command == "next-value":
+                values = np.array([float(v) for v in args.values.split(",")], np.float32)
+                for key, value in client.next_value(values[None, :, None]).items():
+                    print(f"{key}: {np.round(value[0], 4).tolist()}")
+            elif args.command == "metadata":
+                for signature, info in client.metadata().items():
+                    print(f"{signature}: inputs {info['inputs']} -> outputs {info['outputs']}")
+            else:
+                for row in client.status():
+                    print(f"version {row['version']}: {row['state']} {row['error']}".rstrip())
+    except ServingCallError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Which model versions are loaded, as TensorFlow Serving decides it.
+
+For each model of `models.config`, the manager watches `base_path` for
+numbered version directories, loads the ones the version policy selects
+(`latest { num_versions }`, `all`, or `specific { versions }`), unloads the
+others and resolves requests by version or label. It reads SavedModels and
+configs only: nothing here knows how a model was trained.
+
+Hot reloading is safe for requests in flight: a request holds its
+`LoadedVersion` while it runs, and unloading only removes the version from the
+table, so the old version answers until its last request has finished.
+A version that fails to load is reported (state END with the error) while the
+versions already loaded keep serving. A directory without `saved_model.pb`
+is incomplete (still being copied) and is skipped until it is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+from typing import Optional
+
+import grpc
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+log = logging.getLogger("serving")
+
+
+class ServingError(Exception):
+    """An error with the gRPC status code TensorFlow Serving would answer."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclasses.dataclass
+class LoadedVersion:
+    """One loaded version of a model.
+
+    Attributes:
+        name: The model's name.
+        version: Its version number.
+        path: Its directory.
+        saved_model: What `tf.saved_model.load` returned.
+        signature_defs: The SignatureDef protos, as `GetModelMetadata` returns them.
+    """
+
+    name: str
+    version: int
+    path: Path
+    saved_model: object
+    signature_defs: dict[str, meta_graph_pb2.SignatureDef]
+
+    def signature(self, name: str):
+        name = name or "serving_default"
+        signatures = self.saved_model.signatures
+        if name not in signatures:
+            raise ServingError(grpc.StatusCode.NOT_FOUND,
+                               f"model {self.name} version {self.version} has no signature {name!r}; "
+                               f"it has: {', '.join(sorted(signatures))}")
+        return signatures[name]
+
+
+def load_version(name: str, version: int, path: Path) -> LoadedVersion:
+    """Load a SavedModel version and read its signature definitions."""
+    saved_model = tf.saved_model.load(str(path))
+    proto = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
+    signature_defs = {key: value for key, value in proto.meta_graphs[0].signature_def.items()
+                      if not key.startswith("__")}
+    return LoadedVersion(name, version, path, saved_model, signature_defs)
+
+
+def complete_versions(base_path: Path) -> list[int]:
+    """Version numbers under a base path whose SavedModel is complete, ascending."""
+    if not base_path.is_dir():
+        return []
+    return sorted(int(p.name) for p in base_path.iterdir()
+                  if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file())
+
+
+def wanted_versions(available: list[int], policy: model_server_config_pb2.ModelConfig) -> list[int]:
+    """The versions a model's version policy selects among those on disk (default: the latest)."""
+    chosen = policy.model_version_policy.WhichOneof("policy_choice")
+    if chosen == "all":
+        return available
+    if chosen == "specific":
+        return [v for v in available if v in set(policy.model_version_policy.specific.versions)]
+    count = policy.model_version_policy.latest.num_versions if chosen == "latest" else 1
+    return available[-max(1, count):]
+
+
+class ModelManager:
+    """The table of loaded versions, refreshed from disk and from the config.
+
+    Args:
+        config: The ModelServerConfig (models.config).
+        root: Directory that relative base paths are resolved against.
+    """
+
+    def __init__(self, config: model_server_config_pb2.ModelServerConfig, root: Path = Path(".")):
+        self._root = root
+        self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()  # one refresh at a time
+        self._configs: dict[str, model_server_config_pb2.ModelConfig] = {}
+        self._loaded: dict[str, dict[int, LoadedVersion]] = {}
+        self._failed: dict[str, dict[int, str]] = {}
+        self.set_config(config)
+
+    def set_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Replace the model list (HandleReloadConfigRequest), then load and unload to match."""
+        configs = {model.name: model for model in config.model_config_list.config}
+        with self._lock:
+            self._configs = configs
+            for name in list(self._loaded):
+                if name not in configs:
+                    del self._loaded[name]
+                    self._failed.pop(name, None)
+        self.refresh()
+
+    def base_path(self, name: str) -> Path:
+        path = Path(self._configs[name].base_path)
+        return path if path.is_absolute() else self._root / path
+
+    def refresh(self) -> None:
+        """Load the versions the policies want and unload the others."""
+        with self._refresh_lock:
+            for name, config in list(self._configs.items()):
+                wanted = wanted_versions(complete_versions(self.base_path(name)), config)
+                loaded = self._loaded.get(name, {})
+                failed = self._failed.setdefault(name, {})
+                for version in wanted:
+                    if version in loaded or version in failed:
+                        continue
+                    try:
+                        new = load_version(name, version, self.base_path(name) / str(version))
+                    except Exception as error:  # noqa: BLE001 - any load failure is reported, not fatal
+                        failed[version] = f"{type(error).__name__}: {str(error).splitlines()[0][:500]}"
+                        log.warning("model %s version %d failed to load: %s", name, version, failed[version])
+                        continue
+                    with self._lock:
+                        self._loaded.setdefault(name, {})[version] = new
+                    log.info("model %s version %d loaded", name, version)
+                with self._lock:
+                    for version in [v for v in self._loaded.get(name, {}) if v not in wanted]:
+                        del self._loaded[name][version]  # requests in flight keep their reference
+                        log.info("model %s version %d unloaded", name, version)
+
+    def resolve(self, name: str, version: Optional[int] = None, label: Optional[str] = None) -> LoadedVersion:
+        """The version a request asks for: a number, a label, or the newest loaded.
+
+        Raises:
+            ServingError: NOT_FOUND for an unknown model, version or label.
+        """
+        with self._lock:
+            if name not in self._configs:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"model {name!r} not found; served models: {', '.join(sorted(self._configs))}")
+            loaded = self._loaded.get(name, {})
+            if label:
+                labels = self._configs[name].version_labels
+                if label not in labels:
+                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"model {name!r} has no version label "
+                                       f"{label!r}; labels: {', '.join(sorted(labels)) or 'none'}")
+                version = labels[label]
+            if version is None:
+                if not loaded:
+                    raise ServingError(grpc.StatusCode.UNAVAILABLE, f"model {name!r} has no version loaded yet")
+                return loaded[max(loaded)]
+            if version not in loaded:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"model {name!r} version {version} is not loaded; loaded: "
+                                   f"{', '.join(map(str, sorted(loaded))) or 'none'}")
+            return loaded[version]
+
+    def status(self, name: str) -> list[tuple[int, str, str]]:
+        """(version, state, error message) for every version known: AVAILABLE or END."""
+        with self._lock:
+            if name not in self._configs:
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"model {name!r} not found")
+            rows = [(v, "AVAILABLE", "") for v in self._loaded.get(name, {})]
+            rows += [(v, "END", error) for v, error in self._failed.get(name, {}).items()]
+        return sorted(rows)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._configs)

@@ -1,0 +1,283 @@
+"""An embedded model server that speaks TensorFlow Serving's gRPC API.
+
+    python -m serving.server --model_config_file serving/models.config --port 8500
+
+The real `tensorflow_model_server` ships as a Docker image or an apt package,
+not on PyPI; this server answers the same `tensorflow.serving.PredictionService`
+and `ModelService` calls, built on the official protos of tensorflow-serving-api,
+so one client works against both. Flags are named as TensorFlow Serving names
+them. It reads SavedModels and configs only.
+
+Implemented: Predict (model_spec name, version or version_label,
+signature_name; inputs as TensorProto; output_filter), GetModelMetadata
+(signature_def), GetModelStatus, HandleReloadConfigRequest; Classify, Regress
+and MultiInference answer UNIMPLEMENTED. Errors carry TensorFlow Serving's
+codes: NOT_FOUND for an unknown model, version, label or signature,
+INVALID_ARGUMENT for a missing or unknown input, a wrong dtype or shape, or
+a value the model refuses, each with a message naming the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from google.protobuf import wrappers_pb2  # noqa: E402
+from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,  # noqa: E402
+                                     model_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from serving import config as tfs_config  # noqa: E402
+from serving.models import LoadedVersion, ModelManager, ServingError  # noqa: E402
+
+log = logging.getLogger("serving")
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def _graph_error_message(error: tf.errors.OpError) -> str:
+    """The useful line of a graph error: the model's own message, not TensorFlow's stack summary."""
+    lines = [line.strip() for line in error.message.splitlines() if line.strip()]
+    skip = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[")
+    useful = [line for line in lines if not line.startswith(skip)]
+    text = useful[0] if useful else lines[0] if lines else str(error)
+    return text.removeprefix("assertion failed: [").rstrip("]")
+
+
+def decode_inputs(request_inputs, signature, signature_name: str) -> dict[str, tf.Tensor]:
+    """TensorProtos to tensors, checked against the signature: names, dtypes, shapes.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT naming the input and what it should be.
+    """
+    specs = signature.structured_input_signature[1]
+    missing = sorted(set(specs) - set(request_inputs))
+    unknown = sorted(set(request_inputs) - set(specs))
+    expected = ", ".join(f"{name} ({spec.dtype.name} {spec.shape.as_list()})" for name, spec in sorted(specs.items()))
+    if missing or unknown:
+        problem = f"missing input {missing[0]!r}" if missing else f"unknown input {unknown[0]!r}"
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{problem} for signature {signature_name!r}; it takes: {expected}")
+    tensors = {}
+    for name, spec in specs.items():
+        proto = request_inputs[name]
+        dtype = tf.dtypes.as_dtype(proto.dtype) if proto.dtype else None
+        if dtype != spec.dtype:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {name!r} must be {spec.dtype.name}, got {dtype.name if dtype else 'no dtype'}")
+        try:
+            value = tf.make_ndarray(proto)
+        except Exception as error:  # noqa: BLE001 - a malformed TensorProto
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} is not a valid tensor: {error}")
+        if not spec.shape.is_compatible_with(value.shape):
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {name!r} must have shape {spec.shape.as_list()} (None: any size), "
+                               f"got {list(value.shape)}")
+        tensors[name] = tf.constant(value, dtype=spec.dtype)
+    return tensors
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """tensorflow.serving.PredictionService over a `ModelManager`."""
+
+    def __init__(self, models: ModelManager):
+        self.models = models
+
+    def _resolve(self, spec: model_pb2.ModelSpec) -> LoadedVersion:
+        version = spec.version.value if spec.HasField("version") else None
+        label = spec.version_label if spec.HasField("version_label") else None
+        return self.models.resolve(spec.name, version, label)
+
+    def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+        try:
+            loaded = self._resolve(request.model_spec)
+            name = request.model_spec.signature_name or "serving_default"
+            signature = loaded.signature(name)
+            inputs = decode_inputs(request.inputs, signature, name)
+            wanted = list(request.output_filter) or list(signature.structured_outputs)
+            unknown = [key for key in wanted if key not in signature.structured_outputs]
+            if unknown:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"output_filter names unknown output "
+                                   f"{unknown[0]!r}; outputs: {', '.join(sorted(signature.structured_outputs))}")
+            try:
+                outputs = signature(**inputs)
+            except tf.errors.InvalidArgumentError as error:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, _graph_error_message(error)) from None
+            response = predict_pb2.PredictResponse(model_spec=model_pb2.ModelSpec(
+                name=loaded.name, version=wrappers_pb2.Int64Value(value=loaded.version), signature_name=name))
+            for key in wanted:
+                response.outputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(outputs[key])))
+            return response
+        except ServingError as error:
+            context.abort(error.code, error.message)
+        except Exception as error:  # noqa: BLE001 - never crash the server on one request
+            log.exception("Predict failed")
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+
+    def GetModelMetadata(self, request, context):
+        try:
+            loaded = self._resolve(request.model_spec)
+            fields = list(request.metadata_field) or ["signature_def"]
+            if fields != ["signature_def"]:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"metadata_field must be ['signature_def'], got {fields}")
+            response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=model_pb2.ModelSpec(
+                name=loaded.name, version=wrappers_pb2.Int64Value(value=loaded.version)))
+            signature_map = get_model_metadata_pb2.SignatureDefMap()
+            for key, value in loaded.signature_defs.items():
+                signature_map.signature_def[key].CopyFrom(value)
+            response.metadata["signature_def"].Pack(signature_map)
+            return response
+        except ServingError as error:
+            context.abort(error.code, error.message)
+
+    def _unimplemented(self, method: str, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented: the exported models "
+                      "have Predict signatures only; use Predict")
+
+    def Classify(self, request, context):
+        self._unimplemented("Classify", context)
+
+    def Regress(self, request, context):
+        self._unimplemented("Regress", context)
+
+    def MultiInference(self, request, context):
+        self._unimplemented("MultiInference", context)
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    """tensorflow.serving.ModelService: version status and config reloads."""
+
+    def __init__(self, models: ModelManager):
+        self.models = models
+
+    def GetModelStatus(self, request, context):
+        try:
+            rows = self.models.status(request.model_spec.name)
+            if request.model_spec.HasField("version"):
+                rows = [row for row in rows if row[0] == request.model_spec.version.value]
+                if not rows:
+                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"model {request.model_spec.name!r} has no "
+                                       f"version {request.model_spec.version.value}")
+            response = get_model_status_pb2.GetModelStatusResponse()
+            for version, state, error in rows:
+                status = response.model_version_status.add(
+                    version=version, state=get_model_status_pb2.ModelVersionStatus.State.Value(state))
+                if error:
+                    status.status.error_code = 2  # UNKNOWN
+                    status.status.error_message = error
+            return response
+        except ServingError as error:
+            context.abort(error.code, error.message)
+
+    def HandleReloadConfigRequest(self, request, context):
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            self.models.set_config(request.config)
+        except Exception as error:  # noqa: BLE001
+            response.status.error_code = 3  # INVALID_ARGUMENT
+            response.status.error_message = str(error)
+        return response
+
+
+class Server:
+    """The gRPC server, its model manager and its pollers.
+
+    Args:
+        model_config_file: Path of models.config.
+        host, port: Where to listen (port 0 picks a free one).
+        file_system_poll_wait_seconds: How often base paths are scanned for new versions (0: never).
+        model_config_file_poll_wait_seconds: How often models.config is re-read (0: never).
+        max_workers: Size of the request thread pool.
+    """
+
+    def __init__(self, model_config_file: str, host: str = "127.0.0.1", port: int = 8500,
+                 file_system_poll_wait_seconds: float = 1.0, model_config_file_poll_wait_seconds: float = 0.0,
+                 max_workers: int = 16):
+        self.config_path = Path(model_config_file)
+        self.models = ModelManager(tfs_config.read_model_config(self.config_path))
+        self._stop = threading.Event()
+        self._polls = [(file_system_poll_wait_seconds, self.models.refresh),
+                       (model_config_file_poll_wait_seconds, self._reload_config)]
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.models), self.grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models), self.grpc)
+        self.port = self.grpc.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {host}:{port} (in use?)")
+        self.host = host
+
+    def _reload_config(self) -> None:
+        try:
+            self.models.set_config(tfs_config.read_model_config(self.config_path))
+        except tfs_config.ConfigError as error:
+            log.warning("keeping the previous model config: %s", error)
+
+    def _poll(self, seconds: float, action) -> None:
+        while not self._stop.wait(seconds):
+            try:
+                action()
+            except Exception:  # noqa: BLE001 - a poll failure must not stop the server
+                log.exception("poll failed")
+
+    def start(self) -> "Server":
+        self.grpc.start()
+        for seconds, action in self._polls:
+            if seconds > 0:
+                threading.Thread(target=self._poll, args=(seconds, action), daemon=True).start()
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting requests; let those in flight finish (up to `grace` seconds)."""
+        self._stop.set()
+        self.grpc.stop(grace).wait()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model_config_file", default="serving/models.config")
+    parser.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
+    parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0)
+    parser.add_argument("--max_workers", type=int, default=16)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        server = Server(args.model_config_file, args.host, args.port, args.file_system_poll_wait_seconds,
+                        args.model_config_file_poll_wait_seconds, args.max_workers).start()
+    except (tfs_config.ConfigError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    stopped = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopped.set())
+    loaded = {name: [v for v, state, _ in server.models.status(name) if state == "AVAILABLE"]
+              for name in server.models.names()}
+    print(f"serving on {server.host}:{server.port}: " +
+          ", ".join(f"{name} {versions or 'no version yet'}" for name, versions in loaded.items()), flush=True)
+    stopped.wait()
+    server.stop()
+    print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The embedded server over real gRPC on loopback, queried by the client, as another process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from model.config import ForecastConfig, ModelConfig, OptimizerConfig, TrainingConfig
+from pipelines.series import train_series_model
+from pipelines.series_data import chronological_split, default_prices, load_prices
+from serving.client import PredictionClient, ServingCallError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_version(source: Path, base: Path, version: int) -> Path:
+    """Publish a version the way the exporter does: copy aside, then rename into place."""
+    staging = base / f".copy-{version}"
+    shutil.copytree(source, staging)
+    target = base / str(version)
+    os.rename(staging, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def model_dirs(exported_lstm, tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    text_base = root / "saved_models" / "text"
+    text_base.mkdir(parents=True)
+    copy_version(exported_lstm[1], text_base, 1)
+    series = load_prices(default_prices(), "default", ticker="MSFT")
+    series.values, series.dates = series.values[-400:], series.dates[-400:]
+    forecast = ForecastConfig(window=10, quantiles=(0.1, 0.5, 0.9))
+    summary = train_series_model(
+        series, chronological_split(400, 10, 1), forecast, ModelConfig(units=4), OptimizerConfig(),
+        TrainingConfig(epochs=1, batch_size=32, patience=0, runs_dir=str(root / "runs")),
+        root / "saved_models" / "stock")
+    config = root / "models.config"
+    config.write_text(f"""model_config_list {{
+      config {{ name: "text" base_path: "{text_base}" model_platform: "tensorflow"
+               model_version_policy {{ latest {{ num_versions: 2 }} }}
+               version_labels {{ key: "stable" value: 1 }} }}
+      config {{ name: "stock" base_path: "{root / 'saved_models' / 'stock'}" model_platform: "tensorflow" }}
+    }}""")
+    return {"root": root, "config": config, "text_base": text_base, "text_v1": exported_lstm[1],
+            "stock_version": Path(summary["export_path"]), "series": series}
+
+
+def start_server(config: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.server", "--model_config_file", str(config), "--port", "0", *flags],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = process.stdout.readline()
+    assert line.startswith("serving on "), line
+    return process, line.split()[2].rstrip(":")
+
+
+@pytest.fixture(scope="module")
+def server(model_dirs):
+    process, target = start_server(model_dirs["config"], "--file_system_poll_wait_seconds", "0.3")
+    yield target
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def test_next_token_and_generate_equal_the_in_process_model(server, model_dirs):
+    local = tf.saved_model.load(str(model_dirs["text_v1"]))
+    with PredictionClient(server, "text") as client:
+        remote = client.predict({"text": np.array([b"The quick", b""], dtype=object)})
+        here = local.signatures["serving_default"](text=tf.constant(["The quick", ""]))
+        np.testing.assert_allclose(remote["probabilities"], here["probabilities"].numpy(), atol=1e-5)
+        tokens = client.next_token(["The quick"])[0]
+        assert [t for t, _ in tokens] == [t.decode() for t in here["top_k_tokens"].numpy()[0]]
+        generated = client.generate("The ", max_tokens=40, temperature=0.7, seed=3)
+        expected = local.signatures["generate"](
+            text=tf.constant(["The "]), max_tokens=tf.constant([40]), temperature=tf.constant([0.7]),
+            seed=tf.constant([3], tf.int64))["generated"].numpy()[0].decode()
+        assert generated == expected and len(generated) == 40
+        assert len(client.generate("", max_tokens=5, top_k=1)) == 5
+
+
+def test_next_value_equals_the_in_process_model(server, model_dirs):
+    local = tf.saved_model.load(str(model_dirs["stock_version"]))
+    windows = model_dirs["series"].values[-10:][None].astype(np.float32)
+    with PredictionClient(server, "stock") as client:
+        remote = client.next_value(windows)
+    here = local.signatures["serving_default"](window=tf.constant(windows))
+    np.testing.assert_allclose(remote["next_value"], here["next_value"].numpy(), rtol=1e-5)
+    assert remote["quantiles"].shape == (1, 1, 3)
+
+
+def test_metadata_and_status(server):
+    with PredictionClient(server, "text") as client:
+        metadata = client.metadata()
+        assert metadata["generate"]["inputs"] == {"text": ("string", [-1]), "max_tokens": ("int32", [-1]),
+                                                  "temperature": ("float32", [-1]), "seed": ("int64", [-1])}
+        assert set(metadata["serving_default"]["outputs"]) == {"probabilities", "top_k_tokens",
+                                                               "top_k_probabilities"}
+        assert {"version": 1, "state": "AVAILABLE", "error": ""} in client.status()
+    with PredictionClient(server, "text", label="stable") as client:
+        assert client.next_token(["a"])
+
+
+@pytest.mark.parametrize("model, kwargs, inputs, signature, code, message", [
+    ("nope", {}, None, "serving_default", grpc.StatusCode.NOT_FOUND, "model 'nope' not found"),
+    ("text", {"version": 99}, None, "serving_default", grpc.StatusCode.NOT_FOUND, "version 99 is not loaded"),
+    ("text", {"label": "gold"}, None, "serving_default", grpc.StatusCode.NOT_FOUND, "no version label 'gold'"),
+    ("text", {}, None, "classify_me", grpc.StatusCode.NOT_FOUND, "no signature 'classify_me'"),
+    ("text", {}, {"text": np.array([b"a"], dtype=object), "max_tokens": np.array([3], np.int32),
+                  "temperature": np.array([1.0], np.float32)}, "generate",
+     grpc.StatusCode.INVALID_ARGUMENT, "missing input 'seed'"),
+    ("text", {}, {"text": np.array([b"a"], dtype=object), "colour": np.array([1])}, "serving_default",
+     grpc.StatusCode.INVALID_ARGUMENT, "unknown input 'colour'"),
+    ("text", {}, {"text": np.array([1.5], np.float32)}, "serving_default",
+     grpc.StatusCode.INVALID_ARGUMENT, "input 'text' must be string, got float32"),
+    ("text", {}, {"text": np.array([b"a"], dtype=object), "max_tokens": np.array([3], np.int32),
+                  "temperature": np.array([0.0], np.float32), "seed": np.array([1], np.int64)}, "generate",
+     grpc.StatusCode.INVALID_ARGUMENT, "temperature must be > 0"),
+    ("stock", {}, {"window": np.ones((1, 9, 1), np.float32)}, "serving_default",
+     grpc.StatusCode.INVALID_ARGUMENT, "input 'window' must have shape [None, 10, 1]"),
+    ("stock", {}, {"window": np.full((1, 10, 1), np.nan, np.float32)}, "serving_default",
+     grpc.StatusCode.INVALID_ARGUMENT, "window holds NaN or Inf"),
+])
+def test_bad_requests_get_tensorflow_serving_codes_and_the_server_keeps_serving(
+        server, model, kwargs, inputs, signature, code, message):
+    with PredictionClient(server, model, **kwargs) as client:
+        with pytest.raises(ServingCallError) as error:
+            client.predict(inputs or {"text": np.array([b"a"], dtype=object)}, signature)
+    assert error.value.code == code and message in error.value.details
+    with PredictionClient(server, "text") as client:
+        assert client.next_token(["still here"])
+
+
+def test_classify_regress_and_multi_inference_are_unimplemented(server):
+    from tensorflow_serving.apis import classification_pb2, prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(server) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Classify(classification_pb2.ClassificationRequest(), timeout=10)
+    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED and "use Predict" in error.value.details()
+
+
+def test_a_new_version_is_picked_up_under_load_with_no_failed_request(server, model_dirs):
+    failures, answered, stop = [], [], threading.Event()
+
+    def hammer():
+        with PredictionClient(server, "text", timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    client.next_token(["The "])
+                    answered.append(1)
+                except ServingCallError as error:  # pragma: no cover - the assertion below reports it
+                    failures.append(error)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        for version in (2, 3):  # with latest {2}: 2 loads, then 3 loads and 1 unloads
+            copy_version(model_dirs["text_v1"], model_dirs["text_base"], version)
+            with PredictionClient(server, "text") as client:
+                deadline = time.time() + 60
+                while {"version": version, "state": "AVAILABLE", "error": ""} not in client.status():
+                    assert time.time() < deadline, client.status()
+                    time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert failures == [] and len(answered) > 20
+    with PredictionClient(server, "text") as client:
+        assert [row["version"] for row in client.status()] == [2, 3]
+        assert client.predict({"text": np.array([b"a"], dtype=object)}) and PredictionClient
+
+
+def test_an_incomplete_or_broken_version_is_skipped_and_reported(server, model_dirs):
+    base = model_dirs["text_base"]
+    (base / "7").mkdir()  # being copied: no saved_model.pb yet
+    broken = base / ".broken"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a protobuf")
+    os.rename(broken, base / "8")
+    with PredictionClient(server, "text") as client:
+        deadline = time.time() + 60
+        while not any(row["version"] == 8 for row in client.status()):
+            assert time.time() < deadline
+            time.sleep(0.2)
+        rows = {row["version"]: row for row in client.status()}
+        assert rows[8]["state"] == "END" and rows[8]["error"]
+        assert 7 not in rows
+        assert client.next_token(["still serving"])  # the loaded versions keep answering
+    shutil.rmtree(base / "7")
+    shutil.rmtree(base / "8")
+
+
+def test_sigterm_stops_the_server_gracefully(model_dirs):
+    process, target = start_server(model_dirs["config"])
+    with PredictionClient(target, "text") as client:
+        assert client.next_token(["x"])
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert "stopped" in process.stdout.read()
+
+
+def test_client_cli_against_the_server(server):
+    result = subprocess.run([sys.executable, "-m", "serving.client", "--target", server, "generate", "--model", "text",
+                             "--max-tokens", "12", "--seed", "1", "The "],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("The ") and len(result.stdout.rstrip("\n")) == 16
+    missing = subprocess.run([sys.executable, "-m", "serving.client", "--target", server, "status", "--model", "x"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
