@@ -40,6 +40,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc)
 
 from serving import config as tfs_config  # noqa: E402
+from serving.batching import BatchingOptions, BatchScheduler, QueueFull  # noqa: E402
 from serving.models import LoadedVersion, ModelManager, ServingError  # noqa: E402
 
 log = logging.getLogger("serving")
@@ -55,7 +56,7 @@ def _graph_error_message(error: tf.errors.OpError) -> str:
     return text.removeprefix("assertion failed: [").rstrip("]")
 
 
-def decode_inputs(request_inputs, signature, signature_name: str) -> dict[str, tf.Tensor]:
+def decode_inputs(request_inputs, signature, signature_name: str) -> dict[str, np.ndarray]:
     """TensorProtos to tensors, checked against the signature: names, dtypes, shapes.
 
     Raises:
@@ -84,15 +85,34 @@ def decode_inputs(request_inputs, signature, signature_name: str) -> dict[str, t
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"input {name!r} must have shape {spec.shape.as_list()} (None: any size), "
                                f"got {list(value.shape)}")
-        tensors[name] = tf.constant(value, dtype=spec.dtype)
+        tensors[name] = value
     return tensors
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService over a `ModelManager`."""
 
-    def __init__(self, models: ModelManager):
+    def __init__(self, models: ModelManager, batching: Optional[BatchScheduler] = None):
         self.models = models
+        self.batching = batching
+
+    def _run(self, loaded: LoadedVersion, name: str, signature, inputs: dict[str, np.ndarray]):
+        specs = signature.structured_input_signature[1]
+
+        def run(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            outputs = signature(**{key: tf.constant(value, dtype=specs[key].dtype) for key, value in arrays.items()})
+            return {key: np.asarray(value) for key, value in outputs.items()}
+
+        if self.batching is None:
+            return run(inputs)
+        sizes = {len(value) if value.ndim else None for value in inputs.values()}
+        if len(sizes) > 1 or None in sizes:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "with batching, every input needs the same "
+                               f"leading batch dimension; got {({k: list(v.shape) for k, v in inputs.items()})}")
+        try:
+            return self.batching.run((loaded.name, loaded.version, name), run, inputs)
+        except QueueFull as error:
+            raise ServingError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
 
     def _resolve(self, spec: model_pb2.ModelSpec) -> LoadedVersion:
         version = spec.version.value if spec.HasField("version") else None
@@ -111,7 +131,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"output_filter names unknown output "
                                    f"{unknown[0]!r}; outputs: {', '.join(sorted(signature.structured_outputs))}")
             try:
-                outputs = signature(**inputs)
+                outputs = self._run(loaded, name, signature, inputs)
             except tf.errors.InvalidArgumentError as error:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, _graph_error_message(error)) from None
             response = predict_pb2.PredictResponse(model_spec=model_pb2.ModelSpec(
@@ -204,7 +224,7 @@ class Server:
 
     def __init__(self, model_config_file: str, host: str = "127.0.0.1", port: int = 8500,
                  file_system_poll_wait_seconds: float = 1.0, model_config_file_poll_wait_seconds: float = 0.0,
-                 max_workers: int = 16):
+                 max_workers: int = 16, batching: Optional[BatchingOptions] = None):
         self.config_path = Path(model_config_file)
         self.models = ModelManager(tfs_config.read_model_config(self.config_path))
         self._stop = threading.Event()
@@ -213,7 +233,9 @@ class Server:
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.models), self.grpc)
+        scheduler = BatchScheduler(batching) if batching else None
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self.models, scheduler), self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models), self.grpc)
         self.port = self.grpc.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
@@ -246,6 +268,15 @@ class Server:
         self.grpc.stop(grace).wait()
 
 
+def _flag(value: str) -> bool:
+    """TensorFlow Serving's boolean flags: --flag, --flag=true, --flag=false."""
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_config_file", default="serving/models.config")
@@ -254,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
     parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0)
     parser.add_argument("--max_workers", type=int, default=16)
+    parser.add_argument("--enable_batching", nargs="?", const=True, default=False, type=_flag,
+                        help="merge concurrent requests into one model call (also --enable_batching=true)")
+    parser.add_argument("--batching_parameters_file", default=None,
+                        help="BatchingParameters text proto (default: serving/batching.config's defaults)")
     return parser
 
 
@@ -261,8 +296,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
+        batching = None
+        if args.enable_batching:
+            batching = BatchingOptions()
+            if args.batching_parameters_file:
+                batching = BatchingOptions.from_proto(tfs_config.read_batching_parameters(args.batching_parameters_file))
         server = Server(args.model_config_file, args.host, args.port, args.file_system_poll_wait_seconds,
-                        args.model_config_file_poll_wait_seconds, args.max_workers).start()
+                        args.model_config_file_poll_wait_seconds, args.max_workers, batching).start()
     except (tfs_config.ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

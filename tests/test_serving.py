@@ -224,3 +224,37 @@ def test_client_cli_against_the_server(server):
     missing = subprocess.run([sys.executable, "-m", "serving.client", "--target", server, "status", "--model", "x"],
                              cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+
+
+def test_with_batching_concurrent_generations_equal_unbatched_ones(model_dirs):
+    process, target = start_server(model_dirs["config"], "--enable_batching=true", "--batching_parameters_file",
+                                   str(ROOT / "serving" / "batching.config"))
+    local = tf.saved_model.load(str(model_dirs["text_v1"]))
+    prompts = [("The ", 7), ("A lazy", 11), ("", 3), ("Ωμέγα", 5)] * 4
+    results = [None] * len(prompts)
+
+    def ask(i):
+        with PredictionClient(target, "text") as client:
+            results[i] = client.generate(prompts[i][0], max_tokens=20 + i, temperature=0.9, seed=prompts[i][1])
+
+    try:
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for i, (prompt, seed) in enumerate(prompts):
+            alone = local.signatures["generate"](
+                text=tf.constant([prompt]), max_tokens=tf.constant([20 + i]), temperature=tf.constant([0.9]),
+                seed=tf.constant([seed], tf.int64))["generated"].numpy()[0].decode()
+            assert results[i] == alone
+        with PredictionClient(target, "text") as client:  # a faulty request in a batch fails alone
+            with pytest.raises(ServingCallError, match="temperature must be > 0"):
+                client.generate("x", temperature=0.0)
+            with pytest.raises(ServingCallError, match="same leading batch dimension"):
+                client.predict({"text": np.array([b"a", b"b"], dtype=object), "max_tokens": np.array([1], np.int32),
+                                "temperature": np.array([1.0], np.float32), "seed": np.array([1], np.int64)},
+                               "generate")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)

@@ -1,0 +1,92 @@
+"""Dynamic batching: merged calls, answers split back by rows, faulty requests isolated."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from serving.batching import BatchingOptions, BatchScheduler
+
+
+def run_concurrently(scheduler, run, requests):
+    results = [None] * len(requests)
+    barrier = threading.Barrier(len(requests))
+
+    def call(i):
+        barrier.wait()
+        try:
+            results[i] = scheduler.run("model", run, requests[i])
+        except Exception as error:  # noqa: BLE001
+            results[i] = error
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_concurrent_requests_share_calls_and_get_their_own_rows():
+    calls = []
+
+    def double(inputs):
+        calls.append(len(inputs["x"]))
+        return {"y": inputs["x"] * 2}
+
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=16, batch_timeout_micros=200_000))
+    requests = [{"x": np.arange(i, i + 2, dtype=np.float32)} for i in range(0, 16, 2)]
+    results = run_concurrently(scheduler, double, requests)
+    for request, result in zip(requests, results):
+        np.testing.assert_array_equal(result["y"], request["x"] * 2)
+    assert sum(calls) == 16 and max(calls) > 2  # requests were merged
+    assert max(calls) <= 16
+
+
+def test_a_faulty_request_fails_alone():
+    def refuse_negative(inputs):
+        if (inputs["x"] < 0).any():
+            raise ValueError("x must be >= 0")
+        return {"y": inputs["x"] + 1}
+
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=8, batch_timeout_micros=200_000))
+    requests = [{"x": np.array([1.0])}, {"x": np.array([-1.0])}, {"x": np.array([2.0])}]
+    good1, bad, good2 = run_concurrently(scheduler, refuse_negative, requests)
+    assert isinstance(bad, ValueError)
+    assert good1["y"].tolist() == [2.0] and good2["y"].tolist() == [3.0]
+
+
+def test_variable_length_inputs_are_padded_when_asked():
+    seen = []
+
+    def total(inputs):
+        seen.append(inputs["x"].shape)
+        return {"sum": inputs["x"].sum(axis=1)}
+
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=8, batch_timeout_micros=200_000,
+                                               pad_variable_length_inputs=True))
+    requests = [{"x": np.ones((1, 3))}, {"x": np.ones((1, 5))}]
+    results = run_concurrently(scheduler, total, requests)
+    assert [r["sum"].tolist() for r in results] == [[3.0], [5.0]]
+    assert seen == [(2, 5)]  # one merged call, the shorter input padded with zeros
+
+
+def test_options_from_the_batching_config():
+    from pathlib import Path
+
+    from serving.config import read_batching_parameters
+
+    options = BatchingOptions.from_proto(read_batching_parameters(
+        Path(__file__).resolve().parents[1] / "serving" / "batching.config"))
+    assert options == BatchingOptions(max_batch_size=32, batch_timeout_micros=2000, max_enqueued_batches=100,
+                                      pad_variable_length_inputs=True)
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("false", False)])
+def test_server_accepts_tensorflow_serving_style_boolean_flags(value, expected):
+    from serving.server import build_parser
+
+    assert build_parser().parse_args([f"--enable_batching={value}"]).enable_batching is expected
+    assert build_parser().parse_args(["--enable_batching"]).enable_batching is True
