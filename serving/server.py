@@ -42,6 +42,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from serving import config as tfs_config  # noqa: E402
 from serving.batching import BatchingOptions, BatchScheduler, QueueFull  # noqa: E402
 from serving.models import LoadedVersion, ModelManager, ServingError  # noqa: E402
+from serving.rest import RestServer  # noqa: E402
 
 log = logging.getLogger("serving")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -56,37 +57,43 @@ def _graph_error_message(error: tf.errors.OpError) -> str:
     return text.removeprefix("assertion failed: [").rstrip("]")
 
 
-def decode_inputs(request_inputs, signature, signature_name: str) -> dict[str, np.ndarray]:
-    """TensorProtos to tensors, checked against the signature: names, dtypes, shapes.
+def check_inputs(arrays: dict[str, np.ndarray], signature, signature_name: str) -> dict[str, np.ndarray]:
+    """Inputs checked against the signature: names and shapes (dtypes are the decoder's job).
 
     Raises:
         ServingError: INVALID_ARGUMENT naming the input and what it should be.
     """
     specs = signature.structured_input_signature[1]
-    missing = sorted(set(specs) - set(request_inputs))
-    unknown = sorted(set(request_inputs) - set(specs))
-    expected = ", ".join(f"{name} ({spec.dtype.name} {spec.shape.as_list()})" for name, spec in sorted(specs.items()))
+    missing = sorted(set(specs) - set(arrays))
+    unknown = sorted(set(arrays) - set(specs))
     if missing or unknown:
+        expected = ", ".join(f"{name} ({spec.dtype.name} {spec.shape.as_list()})"
+                             for name, spec in sorted(specs.items()))
         problem = f"missing input {missing[0]!r}" if missing else f"unknown input {unknown[0]!r}"
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"{problem} for signature {signature_name!r}; it takes: {expected}")
-    tensors = {}
     for name, spec in specs.items():
-        proto = request_inputs[name]
-        dtype = tf.dtypes.as_dtype(proto.dtype) if proto.dtype else None
-        if dtype != spec.dtype:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} must be {spec.dtype.name}, got {dtype.name if dtype else 'no dtype'}")
-        try:
-            value = tf.make_ndarray(proto)
-        except Exception as error:  # noqa: BLE001 - a malformed TensorProto
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} is not a valid tensor: {error}")
-        if not spec.shape.is_compatible_with(value.shape):
+        if not spec.shape.is_compatible_with(arrays[name].shape):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"input {name!r} must have shape {spec.shape.as_list()} (None: any size), "
-                               f"got {list(value.shape)}")
-        tensors[name] = value
-    return tensors
+                               f"got {list(arrays[name].shape)}")
+    return arrays
+
+
+def decode_tensor_protos(request_inputs, signature) -> dict[str, np.ndarray]:
+    """gRPC TensorProtos to arrays, each of the dtype its signature input declares."""
+    specs = signature.structured_input_signature[1]
+    arrays = {}
+    for name, proto in request_inputs.items():
+        dtype = tf.dtypes.as_dtype(proto.dtype) if proto.dtype else None
+        if name in specs and dtype != specs[name].dtype:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} must be "
+                               f"{specs[name].dtype.name}, got {dtype.name if dtype else 'no dtype'}")
+        try:
+            arrays[name] = tf.make_ndarray(proto)
+        except Exception as error:  # noqa: BLE001 - a malformed TensorProto
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} is not a valid tensor: {error}")
+    return arrays
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -119,25 +126,45 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         label = spec.version_label if spec.HasField("version_label") else None
         return self.models.resolve(spec.name, version, label)
 
-    def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+    def predict_arrays(self, name: str, version: Optional[int], label: Optional[str], signature_name: str,
+                       decode, output_filter: Sequence[str] = ()) -> tuple[LoadedVersion, str, dict[str, np.ndarray]]:
+        """Predict for any transport: gRPC and REST differ only in how inputs are decoded.
+
+        Args:
+            name, version, label: Which model version (see `ModelManager.resolve`).
+            signature_name: Empty for serving_default.
+            decode: Called with the signature; returns the input arrays.
+            output_filter: Outputs to return (empty: all).
+
+        Returns:
+            The version used, the signature name and the outputs.
+        """
+        loaded = self.models.resolve(name, version, label)
+        signature_name = signature_name or "serving_default"
+        signature = loaded.signature(signature_name)
+        inputs = check_inputs(decode(signature), signature, signature_name)
+        wanted = list(output_filter) or list(signature.structured_outputs)
+        unknown = [key for key in wanted if key not in signature.structured_outputs]
+        if unknown:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"output_filter names unknown output "
+                               f"{unknown[0]!r}; outputs: {', '.join(sorted(signature.structured_outputs))}")
         try:
-            loaded = self._resolve(request.model_spec)
-            name = request.model_spec.signature_name or "serving_default"
-            signature = loaded.signature(name)
-            inputs = decode_inputs(request.inputs, signature, name)
-            wanted = list(request.output_filter) or list(signature.structured_outputs)
-            unknown = [key for key in wanted if key not in signature.structured_outputs]
-            if unknown:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"output_filter names unknown output "
-                                   f"{unknown[0]!r}; outputs: {', '.join(sorted(signature.structured_outputs))}")
-            try:
-                outputs = self._run(loaded, name, signature, inputs)
-            except tf.errors.InvalidArgumentError as error:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, _graph_error_message(error)) from None
+            outputs = self._run(loaded, signature_name, signature, inputs)
+        except tf.errors.InvalidArgumentError as error:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, _graph_error_message(error)) from None
+        return loaded, signature_name, {key: outputs[key] for key in wanted}
+
+    def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+        spec = request.model_spec
+        try:
+            loaded, name, outputs = self.predict_arrays(
+                spec.name, spec.version.value if spec.HasField("version") else None,
+                spec.version_label if spec.HasField("version_label") else None, spec.signature_name,
+                lambda signature: decode_tensor_protos(request.inputs, signature), request.output_filter)
             response = predict_pb2.PredictResponse(model_spec=model_pb2.ModelSpec(
                 name=loaded.name, version=wrappers_pb2.Int64Value(value=loaded.version), signature_name=name))
-            for key in wanted:
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(outputs[key])))
+            for key, value in outputs.items():
+                response.outputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
             return response
         except ServingError as error:
             context.abort(error.code, error.message)
@@ -224,7 +251,7 @@ class Server:
 
     def __init__(self, model_config_file: str, host: str = "127.0.0.1", port: int = 8500,
                  file_system_poll_wait_seconds: float = 1.0, model_config_file_poll_wait_seconds: float = 0.0,
-                 max_workers: int = 16, batching: Optional[BatchingOptions] = None):
+                 max_workers: int = 16, batching: Optional[BatchingOptions] = None, rest_api_port: int = 0):
         self.config_path = Path(model_config_file)
         self.models = ModelManager(tfs_config.read_model_config(self.config_path))
         self._stop = threading.Event()
@@ -234,13 +261,14 @@ class Server:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         scheduler = BatchScheduler(batching) if batching else None
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.models, scheduler), self.grpc)
+        self.predictions = PredictionService(self.models, scheduler)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self.predictions, self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models), self.grpc)
         self.port = self.grpc.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port} (in use?)")
         self.host = host
+        self.rest = RestServer(self.predictions, self.models, host, rest_api_port) if rest_api_port else None
 
     def _reload_config(self) -> None:
         try:
@@ -257,6 +285,8 @@ class Server:
 
     def start(self) -> "Server":
         self.grpc.start()
+        if self.rest:
+            self.rest.start()
         for seconds, action in self._polls:
             if seconds > 0:
                 threading.Thread(target=self._poll, args=(seconds, action), daemon=True).start()
@@ -265,6 +295,8 @@ class Server:
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting requests; let those in flight finish (up to `grace` seconds)."""
         self._stop.set()
+        if self.rest:
+            self.rest.stop()
         self.grpc.stop(grace).wait()
 
 
@@ -281,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_config_file", default="serving/models.config")
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
+    parser.add_argument("--rest_api_port", type=int, default=0, help="REST port (0: no REST API)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
     parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0)
@@ -302,7 +335,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.batching_parameters_file:
                 batching = BatchingOptions.from_proto(tfs_config.read_batching_parameters(args.batching_parameters_file))
         server = Server(args.model_config_file, args.host, args.port, args.file_system_poll_wait_seconds,
-                        args.model_config_file_poll_wait_seconds, args.max_workers, batching).start()
+                        args.model_config_file_poll_wait_seconds, args.max_workers, batching,
+                        args.rest_api_port).start()
     except (tfs_config.ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -311,7 +345,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         signal.signal(sig, lambda *_: stopped.set())
     loaded = {name: [v for v, state, _ in server.models.status(name) if state == "AVAILABLE"]
               for name in server.models.names()}
-    print(f"serving on {server.host}:{server.port}: " +
+    rest = f" (REST on port {server.rest.port})" if server.rest else ""
+    print(f"serving on {server.host}:{server.port}{rest}: " +
           ", ".join(f"{name} {versions or 'no version yet'}" for name, versions in loaded.items()), flush=True)
     stopped.wait()
     server.stop()

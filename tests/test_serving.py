@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
+import urllib.error
+import urllib.request
 import subprocess
 import sys
 import threading
@@ -66,12 +70,33 @@ def start_server(config: Path, *flags: str) -> tuple[subprocess.Popen, str]:
     return process, line.split()[2].rstrip(":")
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+REST_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def server(model_dirs):
-    process, target = start_server(model_dirs["config"], "--file_system_poll_wait_seconds", "0.3")
+    process, target = start_server(model_dirs["config"], "--file_system_poll_wait_seconds", "0.3",
+                                   "--rest_api_port", str(REST_PORT))
     yield target
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
+
+
+def rest(path: str, body=None) -> tuple[int, dict]:
+    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    request = urllib.request.Request(f"http://127.0.0.1:{REST_PORT}{path}", data=data,
+                                     method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
 
 
 def test_next_token_and_generate_equal_the_in_process_model(server, model_dirs):
@@ -258,3 +283,45 @@ def test_with_batching_concurrent_generations_equal_unbatched_ones(model_dirs):
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def test_rest_api_status_metadata_and_both_predict_formats(server, model_dirs):
+    status, body = rest("/v1/models/text")
+    assert status == 200 and {"version": "1", "state": "AVAILABLE",
+                              "status": {"error_code": "OK", "error_message": ""}} in body["model_version_status"]
+    status, body = rest("/v1/models/text/labels/stable/metadata")
+    assert status == 200 and "generate" in body["metadata"]["signature_def"]["signatureDef"]
+
+    status, body = rest("/v1/models/text/versions/1:predict", {"instances": ["The quick", ""]})
+    assert status == 200 and len(body["predictions"]) == 2
+    with PredictionClient(server, "text", version=1) as client:
+        over_grpc = client.predict({"text": np.array([b"The quick"], dtype=object)})
+    np.testing.assert_allclose(body["predictions"][0]["probabilities"], over_grpc["probabilities"][0], atol=1e-6)
+    assert body["predictions"][0]["top_k_tokens"] == list(over_grpc["top_k_tokens"][0])
+
+    request = {"signature_name": "generate",
+               "inputs": {"text": ["The "], "max_tokens": [25], "temperature": [0.7], "seed": [3]}}
+    status, body = rest("/v1/models/text:predict", request)
+    with PredictionClient(server, "text", version=1) as client:
+        assert status == 200 and body["outputs"] == [client.generate("The ", 25, 0.7, 3)]
+
+    window = model_dirs["series"].values[-10:].tolist()
+    status, body = rest("/v1/models/stock:predict", {"instances": [window]})
+    assert status == 200 and len(body["predictions"]) == 1 and len(body["predictions"][0]["next_value"]) == 1
+
+
+@pytest.mark.parametrize("path, body, code, message", [
+    ("/v1/models/nope:predict", {"instances": ["a"]}, 404, "model 'nope' not found"),
+    ("/v1/models/text/versions/9", None, 404, "no version 9"),
+    ("/v1/models/text:predict", b"{not json", 400, "not JSON"),
+    ("/v1/models/text:predict", {"instances": ["a"], "inputs": {"text": ["a"]}}, 400, "exactly one of"),
+    ("/v1/models/text:predict", {"signature_name": "generate", "inputs": {"text": ["a"], "max_tokens": [3],
+                                 "temperature": [0.0], "seed": [1]}}, 400, "temperature must be > 0"),
+    ("/v1/models/text:predict", {"signature_name": "generate", "inputs": {"text": ["a"], "max_tokens": ["x"],
+                                 "temperature": [1.0], "seed": [1]}}, 400, "input 'max_tokens' must hold int32"),
+    ("/v1/models/stock:predict", {"instances": [[[1.0]] * 9]}, 400, "must have shape [None, 10, 1]"),
+    ("/v2/everything", None, 404, "no such endpoint"),
+])
+def test_rest_errors(server, path, body, code, message):
+    status, answer = rest(path, body)
+    assert status == code and message in answer["error"]
