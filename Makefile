@@ -1,12 +1,13 @@
 # Two commands do all the set-up from a fresh clone:
-#   make demo    create .venv, install requirements.txt, train + export a text and a stock model
+#   make demo    create .venv, install requirements.txt, train + export a text and a stock model,
+#                serve both with the embedded server and query them over gRPC
 #   make test    the same set-up, then the whole test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: venv demo test bench tensorboard clean
+.PHONY: venv demo serve test bench tensorboard clean
 
 $(INSTALLED): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +23,12 @@ demo: $(INSTALLED)
 	$(PY) -m pipelines.text --cell lstm --units 256 --seq-len 100 --epochs 8 --output saved_models/text
 	$(PY) -m pipelines.series --cell lstm --units 64 --window 30 --horizon 1 --quantiles 0.1,0.5,0.9 \
 		--epochs 20 --output saved_models/stock
+	$(PY) -m serving.demo --model_config_file serving/models.config
+
+# The embedded TensorFlow-Serving-compatible server on the usual ports (Ctrl-C stops it).
+serve: $(INSTALLED)
+	$(PY) -m serving.server --model_config_file serving/models.config --port 8500 --rest_api_port 8501 \
+		--enable_batching --batching_parameters_file serving/batching.config
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q

@@ -325,3 +325,15 @@ def test_rest_api_status_metadata_and_both_predict_formats(server, model_dirs):
 def test_rest_errors(server, path, body, code, message):
     status, answer = rest(path, body)
     assert status == code and message in answer["error"]
+
+
+def test_the_demo_serves_and_queries_both_models(model_dirs):
+    result = subprocess.run([sys.executable, "-m", "serving.demo", "--model_config_file", str(model_dirs["config"])],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("serving on 127.0.0.1:")
+    assert any(line.startswith("text  next token after 'The '") for line in lines)
+    assert any(line.startswith("text  generated: 'The ") for line in lines)
+    stock = next(line for line in lines if line.startswith("stock next value after 2013-03-01"))
+    assert "interval [" in stock
