@@ -177,60 +177,6 @@ def test_classify_regress_and_multi_inference_are_unimplemented(server):
     assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED and "use Predict" in error.value.details()
 
 
-def test_a_new_version_is_picked_up_under_load_with_no_failed_request(server, model_dirs):
-    failures, answered, stop = [], [], threading.Event()
-
-    def hammer():
-        with PredictionClient(server, "text", timeout=30) as client:
-            while not stop.is_set():
-                try:
-                    client.next_token(["The "])
-                    answered.append(1)
-                except ServingCallError as error:  # pragma: no cover - the assertion below reports it
-                    failures.append(error)
-
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
-        time.sleep(0.5)
-        for version in (2, 3):  # with latest {2}: 2 loads, then 3 loads and 1 unloads
-            copy_version(model_dirs["text_v1"], model_dirs["text_base"], version)
-            with PredictionClient(server, "text") as client:
-                deadline = time.time() + 60
-                while {"version": version, "state": "AVAILABLE", "error": ""} not in client.status():
-                    assert time.time() < deadline, client.status()
-                    time.sleep(0.2)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-    assert failures == [] and len(answered) > 20
-    with PredictionClient(server, "text") as client:
-        assert [row["version"] for row in client.status()] == [2, 3]
-        assert client.predict({"text": np.array([b"a"], dtype=object)}) and PredictionClient
-
-
-def test_an_incomplete_or_broken_version_is_skipped_and_reported(server, model_dirs):
-    base = model_dirs["text_base"]
-    (base / "7").mkdir()  # being copied: no saved_model.pb yet
-    broken = base / ".broken"
-    broken.mkdir()
-    (broken / "saved_model.pb").write_bytes(b"not a protobuf")
-    os.rename(broken, base / "8")
-    with PredictionClient(server, "text") as client:
-        deadline = time.time() + 60
-        while not any(row["version"] == 8 for row in client.status()):
-            assert time.time() < deadline
-            time.sleep(0.2)
-        rows = {row["version"]: row for row in client.status()}
-        assert rows[8]["state"] == "END" and rows[8]["error"]
-        assert 7 not in rows
-        assert client.next_token(["still serving"])  # the loaded versions keep answering
-    shutil.rmtree(base / "7")
-    shutil.rmtree(base / "8")
-
-
 def test_sigterm_stops_the_server_gracefully(model_dirs):
     process, target = start_server(model_dirs["config"])
     with PredictionClient(target, "text") as client:
@@ -337,3 +283,88 @@ def test_the_demo_serves_and_queries_both_models(model_dirs):
     assert any(line.startswith("text  generated: 'The ") for line in lines)
     stock = next(line for line in lines if line.startswith("stock next value after 2013-03-01"))
     assert "interval [" in stock
+
+
+def test_handle_reload_config_request_moves_labels_and_models(server, model_dirs):
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving.config import read_model_config
+
+    config = read_model_config(model_dirs["config"])
+    text = next(c for c in config.model_config_list.config if c.name == "text")
+    with PredictionClient(server, "text") as client:
+        newest = max(row["version"] for row in client.status() if row["state"] == "AVAILABLE")
+    text.version_labels["canary"] = newest
+    with grpc.insecure_channel(server) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        reply = stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), timeout=60)
+        assert reply.status.error_code == 0
+    with PredictionClient(server, "text", label="canary") as client:
+        assert client.next_token(["x"])
+    only_text = model_server_config_pb2.ModelServerConfig()
+    only_text.model_config_list.config.append(text)
+    with grpc.insecure_channel(server) as channel:
+        model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=only_text), timeout=60)
+    with PredictionClient(server, "stock") as client, pytest.raises(ServingCallError, match="not found"):
+        client.next_value(np.ones((1, 10, 1), np.float32))
+    with grpc.insecure_channel(server) as channel:  # put the stock model back for the other tests
+        model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=read_model_config(model_dirs["config"])), timeout=60)
+
+
+# These change the served versions: they run last.
+
+def test_a_new_version_is_picked_up_under_load_with_no_failed_request(server, model_dirs):
+    failures, answered, stop = [], [], threading.Event()
+
+    def hammer():
+        with PredictionClient(server, "text", timeout=30) as client:
+            while not stop.is_set():
+                try:
+                    client.next_token(["The "])
+                    answered.append(1)
+                except ServingCallError as error:  # pragma: no cover - the assertion below reports it
+                    failures.append(error)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        for version in (2, 3):  # with latest {2}: 2 loads, then 3 loads and 1 unloads
+            copy_version(model_dirs["text_v1"], model_dirs["text_base"], version)
+            with PredictionClient(server, "text") as client:
+                deadline = time.time() + 60
+                while {"version": version, "state": "AVAILABLE", "error": ""} not in client.status():
+                    assert time.time() < deadline, client.status()
+                    time.sleep(0.2)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert failures == [] and len(answered) > 20
+    with PredictionClient(server, "text") as client:
+        assert [row["version"] for row in client.status()] == [2, 3]
+        assert client.predict({"text": np.array([b"a"], dtype=object)}) and PredictionClient
+
+
+def test_an_incomplete_or_broken_version_is_skipped_and_reported(server, model_dirs):
+    base = model_dirs["text_base"]
+    (base / "7").mkdir()  # being copied: no saved_model.pb yet
+    broken = base / ".broken"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"not a protobuf")
+    os.rename(broken, base / "8")
+    with PredictionClient(server, "text") as client:
+        deadline = time.time() + 60
+        while not any(row["version"] == 8 for row in client.status()):
+            assert time.time() < deadline
+            time.sleep(0.2)
+        rows = {row["version"]: row for row in client.status()}
+        assert rows[8]["state"] == "END" and rows[8]["error"]
+        assert 7 not in rows
+        assert client.next_token(["still serving"])  # the loaded versions keep answering
+    shutil.rmtree(base / "7")
+    shutil.rmtree(base / "8")
