@@ -37,6 +37,7 @@ test: $(INSTALLED)
 bench: $(INSTALLED)
 	$(PY) -m bench.text
 	$(PY) -m bench.series
+	$(PY) -m bench.serving
 
 tensorboard: $(INSTALLED)
 	$(VENV)/bin/tensorboard --logdir runs
