@@ -318,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
     parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0)
     parser.add_argument("--max_workers", type=int, default=16)
+    parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                        help="threads per TensorFlow op (0: TensorFlow's choice)")
+    parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                        help="TensorFlow ops run at once (0: TensorFlow's choice)")
     parser.add_argument("--enable_batching", nargs="?", const=True, default=False, type=_flag,
                         help="merge concurrent requests into one model call (also --enable_batching=true)")
     parser.add_argument("--batching_parameters_file", default=None,
@@ -328,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Before any model loads: TensorFlow fixes its thread pools on first use.
+    tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+    tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
     try:
         batching = None
         if args.enable_batching:

@@ -90,3 +90,10 @@ def test_server_accepts_tensorflow_serving_style_boolean_flags(value, expected):
 
     assert build_parser().parse_args([f"--enable_batching={value}"]).enable_batching is expected
     assert build_parser().parse_args(["--enable_batching"]).enable_batching is True
+
+
+def test_server_takes_tensorflow_serving_thread_flags():
+    from serving.server import build_parser
+
+    args = build_parser().parse_args(["--tensorflow_intra_op_parallelism", "2", "--tensorflow_inter_op_parallelism", "1"])
+    assert (args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism) == (2, 1)
