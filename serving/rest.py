@@ -1,5 +1,6 @@
 """TensorFlow Serving's REST API, beside the gRPC one (`--rest_api_port`).
 
+    GET  /monitoring/prometheus/metrics                      with --monitoring_config_file
     GET  /v1/models/NAME[/versions/N | /labels/L]            version status
     GET  /v1/models/NAME[/versions/N | /labels/L]/metadata   signature definitions
     POST /v1/models/NAME[/versions/N | /labels/L]:predict    {"signature_name": ..., "instances": [...]}
@@ -114,8 +115,9 @@ class RestServer:
         host, port: Where to listen (port 0: any free port).
     """
 
-    def __init__(self, predictions, models, host: str, port: int):
-        handler = type("Handler", (_Handler,), {"predictions": predictions, "models": models})
+    def __init__(self, predictions, models, host: str, port: int, metrics=None, metrics_path: Optional[str] = None):
+        handler = type("Handler", (_Handler,), {"predictions": predictions, "models": models,
+                                                "metrics": metrics, "metrics_path": metrics_path})
         self.http = ThreadingHTTPServer((host, port), handler)
         self.http.daemon_threads = True
         self.port = self.http.server_address[1]
@@ -132,6 +134,8 @@ class RestServer:
 class _Handler(BaseHTTPRequestHandler):
     predictions = None
     models = None
+    metrics = None
+    metrics_path = None
 
     def log_message(self, *args):  # requests are not logged line by line
         pass
@@ -166,6 +170,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(error).__name__}: {error}"})
 
     def do_GET(self):  # noqa: N802 - http.server's name
+        if self.metrics is not None and self.path.split("?")[0] == self.metrics_path:
+            data = self.metrics.exposition(self.models)
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
         self._handle("GET")
 
     def do_POST(self):  # noqa: N802

@@ -42,6 +42,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from serving import config as tfs_config  # noqa: E402
 from serving.batching import BatchingOptions, BatchScheduler, QueueFull  # noqa: E402
 from serving.models import LoadedVersion, ModelManager, ServingError  # noqa: E402
+from serving.metrics import ServingMetrics  # noqa: E402
 from serving.rest import RestServer  # noqa: E402
 
 log = logging.getLogger("serving")
@@ -99,9 +100,11 @@ def decode_tensor_protos(request_inputs, signature) -> dict[str, np.ndarray]:
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService over a `ModelManager`."""
 
-    def __init__(self, models: ModelManager, batching: Optional[BatchScheduler] = None):
+    def __init__(self, models: ModelManager, batching: Optional[BatchScheduler] = None,
+                 metrics: Optional[ServingMetrics] = None):
         self.models = models
         self.batching = batching
+        self.metrics = metrics
 
     def _run(self, loaded: LoadedVersion, name: str, signature, inputs: dict[str, np.ndarray]):
         specs = signature.structured_input_signature[1]
@@ -139,6 +142,19 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         Returns:
             The version used, the signature name and the outputs.
         """
+        if self.metrics is None:
+            return self._predict_arrays(name, version, label, signature_name, decode, output_filter)
+        with self.metrics.observe(name, signature_name or "serving_default") as outcome:
+            try:
+                return self._predict_arrays(name, version, label, signature_name, decode, output_filter)
+            except ServingError as error:
+                outcome["code"] = error.code.name
+                raise
+            except Exception:
+                outcome["code"] = "INTERNAL"
+                raise
+
+    def _predict_arrays(self, name, version, label, signature_name, decode, output_filter):
         loaded = self.models.resolve(name, version, label)
         signature_name = signature_name or "serving_default"
         signature = loaded.signature(signature_name)
@@ -251,7 +267,8 @@ class Server:
 
     def __init__(self, model_config_file: str, host: str = "127.0.0.1", port: int = 8500,
                  file_system_poll_wait_seconds: float = 1.0, model_config_file_poll_wait_seconds: float = 0.0,
-                 max_workers: int = 16, batching: Optional[BatchingOptions] = None, rest_api_port: int = 0):
+                 max_workers: int = 16, batching: Optional[BatchingOptions] = None, rest_api_port: int = 0,
+                 monitoring=None):
         self.config_path = Path(model_config_file)
         self.models = ModelManager(tfs_config.read_model_config(self.config_path))
         self._stop = threading.Event()
@@ -261,14 +278,18 @@ class Server:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         scheduler = BatchScheduler(batching) if batching else None
-        self.predictions = PredictionService(self.models, scheduler)
+        prometheus = monitoring.prometheus_config if monitoring is not None else None
+        self.metrics = ServingMetrics() if prometheus is not None and prometheus.enable else None
+        self.predictions = PredictionService(self.models, scheduler, self.metrics)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self.predictions, self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models), self.grpc)
         self.port = self.grpc.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port} (in use?)")
         self.host = host
-        self.rest = RestServer(self.predictions, self.models, host, rest_api_port) if rest_api_port else None
+        metrics_path = (prometheus.path or "/monitoring/prometheus/metrics") if self.metrics else None
+        self.rest = (RestServer(self.predictions, self.models, host, rest_api_port, self.metrics, metrics_path)
+                     if rest_api_port else None)
 
     def _reload_config(self) -> None:
         try:
@@ -318,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
     parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0)
     parser.add_argument("--max_workers", type=int, default=16)
+    parser.add_argument("--monitoring_config_file", default=None,
+                        help="MonitoringConfig text proto: Prometheus metrics on the REST port")
     parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                         help="threads per TensorFlow op (0: TensorFlow's choice)")
     parser.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
@@ -341,9 +364,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             batching = BatchingOptions()
             if args.batching_parameters_file:
                 batching = BatchingOptions.from_proto(tfs_config.read_batching_parameters(args.batching_parameters_file))
+        monitoring = (tfs_config.read_monitoring_config(args.monitoring_config_file)
+                      if args.monitoring_config_file else None)
         server = Server(args.model_config_file, args.host, args.port, args.file_system_poll_wait_seconds,
                         args.model_config_file_poll_wait_seconds, args.max_workers, batching,
-                        args.rest_api_port).start()
+                        args.rest_api_port, monitoring).start()
     except (tfs_config.ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

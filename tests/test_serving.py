@@ -82,7 +82,8 @@ REST_PORT = free_port()
 @pytest.fixture(scope="module")
 def server(model_dirs):
     process, target = start_server(model_dirs["config"], "--file_system_poll_wait_seconds", "0.3",
-                                   "--rest_api_port", str(REST_PORT))
+                                   "--rest_api_port", str(REST_PORT), "--monitoring_config_file",
+                                   str(ROOT / "serving" / "monitoring.config"))
     yield target
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
@@ -254,6 +255,18 @@ def test_rest_api_status_metadata_and_both_predict_formats(server, model_dirs):
     window = model_dirs["series"].values[-10:].tolist()
     status, body = rest("/v1/models/stock:predict", {"instances": [window]})
     assert status == 200 and len(body["predictions"]) == 1 and len(body["predictions"][0]["next_value"]) == 1
+
+
+def test_prometheus_metrics_count_requests_by_code(server):
+    with PredictionClient(server, "text") as client:
+        client.next_token(["count me"])
+        with pytest.raises(ServingCallError):
+            client.predict({"text": np.array([b"a"], dtype=object)}, "no_such_signature")
+    with urllib.request.urlopen(f"http://127.0.0.1:{REST_PORT}/monitoring/prometheus/metrics", timeout=30) as r:
+        text = r.read().decode()
+    assert 'rnn_serving_requests_total{code="OK",model="text",signature="serving_default"}' in text
+    assert 'rnn_serving_requests_total{code="NOT_FOUND",model="text",signature="no_such_signature"}' in text
+    assert 'rnn_serving_request_latency_seconds_bucket{' in text and 'rnn_serving_loaded_versions{model="text"}' in text
 
 
 @pytest.mark.parametrize("path, body, code, message", [
