@@ -169,48 +169,65 @@ class PinballLoss(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="rnn_serving")
 class IntervalMargin(keras.layers.Layer):
-    """Widens (or narrows) the outermost predicted quantiles by a calibrated margin.
+    """Widens (or narrows) the outermost predicted quantiles by a calibrated, volatility-scaled margin.
 
-    The margin, one per horizon in z units, is 0 while training and is set
-    afterwards by conformal calibration on the validation span (see
-    `conformal_margin`), so that the interval covers its nominal share there.
+    The margin of a window is `margin[h] × v`, with v the window's realised
+    volatility (spread of its daily log returns) relative to the training
+    span's: calm windows get a narrow margin, turbulent ones a wide one, so a
+    calibration made in one regime carries over to another. `margin` is 0 while
+    training and is set afterwards by conformal calibration on the validation
+    span (see `conformal_margin`).
 
     Args:
         horizon: H.
         n_quantiles: Q (at least 2: the interval runs from the first to the last).
+        target_index: Column of the target in the raw window.
     """
 
-    def __init__(self, horizon: int, n_quantiles: int, **kwargs):
+    def __init__(self, horizon: int, n_quantiles: int, target_index: int = 0, **kwargs):
         super().__init__(**kwargs)
-        self.horizon, self.n_quantiles = int(horizon), int(n_quantiles)
+        self.horizon, self.n_quantiles, self.target_index = int(horizon), int(n_quantiles), int(target_index)
         self.margin = self.add_weight(shape=(self.horizon,), initializer="zeros", trainable=False, name="margin")
+        self.reference_volatility = self.add_weight(shape=(), initializer="ones", trainable=False,
+                                                    name="reference_volatility")
 
-    def call(self, z):
-        zeros = ops.zeros((self.horizon, self.n_quantiles - 2), dtype=z.dtype)
-        offsets = ops.concatenate([-self.margin[:, None], zeros, self.margin[:, None]], axis=1)
-        return z + offsets
+    def relative_volatility(self, window):
+        """`[b]`: the spread of each raw window's daily log returns over the training span's."""
+        prices = ops.log(ops.maximum(window[:, :, self.target_index], 1e-12))
+        return ops.std(prices[:, 1:] - prices[:, :-1], axis=1) / self.reference_volatility
+
+    def call(self, inputs):
+        z, window = inputs
+        offsets = self.margin[None, :] * self.relative_volatility(window)[:, None]  # [b, H]
+        zeros = ops.zeros_like(z[:, :, 1:-1])
+        return z + ops.concatenate([-offsets[:, :, None], zeros, offsets[:, :, None]], axis=2)
 
     def get_config(self):
-        return {**super().get_config(), "horizon": self.horizon, "n_quantiles": self.n_quantiles}
+        return {**super().get_config(), "horizon": self.horizon, "n_quantiles": self.n_quantiles,
+                "target_index": self.target_index}
 
 
-def conformal_margin(lower: np.ndarray, upper: np.ndarray, actual: np.ndarray, level: float) -> np.ndarray:
+def conformal_margin(lower: np.ndarray, upper: np.ndarray, actual: np.ndarray, level: float,
+                     scale: np.ndarray | None = None) -> np.ndarray:
     """Conformalized quantile regression (Romano et al., 2019): the margin per horizon.
 
-    With scores E = max(lower - actual, actual - upper), the interval
-    [lower - m, upper + m] with m the ceil(level * (n + 1))-th smallest score
-    covers at least `level` of the calibration points (and of future ones, if
-    they behave alike). A negative margin narrows an interval that was too wide.
+    With scores E = max(lower - actual, actual - upper) / scale, the interval
+    [lower - m·scale, upper + m·scale] with m the ceil(level * (n + 1))-th
+    smallest score covers at least `level` of the calibration points (and of
+    future ones, if they behave alike once scaled). A negative margin narrows
+    an interval that was too wide.
 
     Args:
         lower, upper: `[n, H]` predicted bounds on the calibration span.
         actual: `[n, H]` what happened.
         level: Nominal coverage, e.g. 0.8 for the 0.1-0.9 interval.
+        scale: Optional `[n]` positive scale of each point (e.g. its relative volatility).
 
     Returns:
-        `[H]` margins, in the units of the inputs.
+        `[H]` margins, in the units of the inputs divided by `scale`.
     """
-    scores = np.sort(np.maximum(lower - actual, actual - upper), axis=0)
+    scale = np.ones(len(actual)) if scale is None else np.maximum(np.asarray(scale, np.float64), 1e-12)
+    scores = np.sort(np.maximum(lower - actual, actual - upper) / scale[:, None], axis=0)
     n = scores.shape[0]
     rank = min(n, int(np.ceil(level * (n + 1))))
     return scores[rank - 1]
@@ -249,7 +266,7 @@ def build_next_value_model(window: int, log_features: Sequence[bool], target_ind
         z = keras.layers.Reshape((horizon, len(quantiles)), name="quantiles")(
             keras.layers.Dense(horizon * len(quantiles), name="head")(x))
         if len(quantiles) >= 2:
-            z = IntervalMargin(horizon, len(quantiles), name="interval_margin")(z)
+            z = IntervalMargin(horizon, len(quantiles), target_index, name="interval_margin")([z, prices])
     else:
         z = keras.layers.Dense(horizon, name="z")(x)
     return keras.Model(prices, z, name=f"next_value_{config.cell}")

@@ -103,13 +103,14 @@ def prepare_examples(series: PriceSeries, split: Split, forecast: ForecastConfig
     return examples
 
 
-def calibrate_interval(model, series: PriceSeries, origins: np.ndarray, z_true: np.ndarray,
+def calibrate_interval(model, series: PriceSeries, split: Split, origins: np.ndarray, z_true: np.ndarray,
                        forecast: ForecastConfig) -> dict[str, Any]:
     """Conformal calibration of the prediction interval on the validation span.
 
     Quantile regression alone is often over- or under-confident; the margin
-    (in z units, per horizon) makes the first-to-last-quantile interval cover
-    its nominal share of the validation span. The model keeps the margin.
+    (in z units, per horizon, scaled by each window's volatility relative to
+    the training span's) makes the first-to-last-quantile interval cover its
+    nominal share of the validation span. The model keeps the margin.
 
     Returns:
         The level, the margins and the validation coverage before and after.
@@ -118,13 +119,19 @@ def calibrate_interval(model, series: PriceSeries, origins: np.ndarray, z_true: 
 
     layer = model.get_layer("interval_margin")
     layer.margin.assign(np.zeros(forecast.horizon, np.float32))
-    z = model.predict(windows_at(series.values, origins, forecast.window).astype(np.float32), verbose=0)
+    # Volatility is measured relative to the training span's (and only it: no later value).
+    train_returns = np.diff(np.log(series.target_values[:split.train_end]))
+    layer.reference_volatility.assign(np.float32(np.std(train_returns)))
+    windows = windows_at(series.values, origins, forecast.window).astype(np.float32)
+    z = model.predict(windows, verbose=0)
+    volatility = np.asarray(layer.relative_volatility(windows), np.float64)
     level = forecast.quantiles[-1] - forecast.quantiles[0]
-    margin = conformal_margin(z[:, :, 0], z[:, :, -1], z_true, level)
+    margin = conformal_margin(z[:, :, 0], z[:, :, -1], z_true, level, volatility)
     layer.margin.assign(margin.astype(np.float32))
+    widen = margin[None, :] * volatility[:, None]
     inside = lambda m: float(np.mean((z[:, :, 0] - m <= z_true) & (z_true <= z[:, :, -1] + m)))  # noqa: E731
     return {"level": level, "margin_z": margin.tolist(), "validation_coverage_before": inside(0.0),
-            "validation_coverage_after": inside(margin)}
+            "validation_coverage_after": inside(widen)}
 
 
 # -- train, evaluate, export -----------------------------------------------------------
@@ -210,7 +217,7 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
 
     calibration = None
     if len(forecast.quantiles) >= 2:
-        calibration = calibrate_interval(model, series, val_origins, val_z, forecast)
+        calibration = calibrate_interval(model, series, split, val_origins, val_z, forecast)
 
     version_dir = export_series_model(model, output, {
         "cell": model_config.cell, "window": W, "horizon": H, "features": series.features,

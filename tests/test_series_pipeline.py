@@ -228,3 +228,20 @@ def test_conformal_margin_reaches_the_nominal_coverage_both_ways():
         covered = np.mean((lower - margin <= actual) & (actual <= upper + margin), axis=0)
         assert np.all(covered >= 0.8) and np.all(covered <= 0.8 + 2 / 500)
         assert (margin > 0).all() if half_width < 1 else (margin < 0).all()
+
+
+def test_volatility_scaled_margin_keeps_coverage_when_the_regime_calms_down():
+    """Calibrated in a turbulent span, used in a calm one: scaling by volatility keeps the nominal share."""
+    from model.series_model import conformal_margin
+
+    rng = np.random.default_rng(1)
+    calm, turbulent = 0.5, 2.0
+    calibration = rng.normal(size=(2000, 1)) * turbulent
+    test = rng.normal(size=(2000, 1)) * calm
+    zeros = np.zeros((2000, 1))
+    plain = conformal_margin(zeros, zeros, calibration, 0.8)
+    scaled = conformal_margin(zeros, zeros, calibration, 0.8, np.full(2000, turbulent))
+    plain_coverage = np.mean(np.abs(test) <= plain)
+    scaled_coverage = np.mean(np.abs(test) <= scaled * calm)
+    assert plain_coverage > 0.99  # far too wide once the market calms down
+    assert abs(scaled_coverage - 0.8) < 0.03
