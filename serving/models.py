@@ -110,6 +110,7 @@ class ModelManager:
         self._configs: dict[str, model_server_config_pb2.ModelConfig] = {}
         self._loaded: dict[str, dict[int, LoadedVersion]] = {}
         self._failed: dict[str, dict[int, str]] = {}
+        self._unloaded: dict[str, set[int]] = {}
         self.set_config(config)
 
     def set_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
@@ -149,6 +150,7 @@ class ModelManager:
                 with self._lock:
                     for version in [v for v in self._loaded.get(name, {}) if v not in wanted]:
                         del self._loaded[name][version]  # requests in flight keep their reference
+                        self._unloaded.setdefault(name, set()).add(version)
                         log.info("model %s version %d unloaded", name, version)
 
     def resolve(self, name: str, version: Optional[int] = None, label: Optional[str] = None) -> LoadedVersion:
@@ -179,12 +181,15 @@ class ModelManager:
             return loaded[version]
 
     def status(self, name: str) -> list[tuple[int, str, str]]:
-        """(version, state, error message) for every version known: AVAILABLE or END."""
+        """(version, state, error message) of every version seen: AVAILABLE, or END once
+        unloaded (no error) or after failing to load (with the error)."""
         with self._lock:
             if name not in self._configs:
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"model {name!r} not found")
-            rows = [(v, "AVAILABLE", "") for v in self._loaded.get(name, {})]
+            loaded = self._loaded.get(name, {})
+            rows = [(v, "AVAILABLE", "") for v in loaded]
             rows += [(v, "END", error) for v, error in self._failed.get(name, {}).items()]
+            rows += [(v, "END", "") for v in self._unloaded.get(name, set()) if v not in loaded]
         return sorted(rows)
 
     def names(self) -> list[str]:
