@@ -72,7 +72,7 @@ def make_optimizer(config: OptimizerConfig, total_steps: int | None = None) -> k
     learning_rate = config.learning_rate
     if config.lr_schedule == "cosine" and total_steps:
         learning_rate = keras.optimizers.schedules.CosineDecay(
-            config.learning_rate, decay_steps=max(1, total_steps or 1))
+            config.learning_rate, decay_steps=max(1, total_steps))
     elif config.lr_schedule == "exponential":
         learning_rate = keras.optimizers.schedules.ExponentialDecay(
             config.learning_rate, decay_steps=config.lr_half_life_steps, decay_rate=0.5)

@@ -74,6 +74,7 @@ def export_new_version(base_dir: str | os.PathLike, write: Callable[[Path], None
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=base))
     try:
         write(staging)
+        os.chmod(staging, 0o755)  # mkdtemp makes it 0700: a server running as another user could not read it
         while True:  # Another exporter may take the same number: retry with the next.
             target = base / str(max(version_numbers(base), default=0) + 1)
             try:

@@ -224,7 +224,9 @@ def conformal_margin(lower: np.ndarray, upper: np.ndarray, actual: np.ndarray, l
         scale: Optional `[n]` positive scale of each point (e.g. its relative volatility).
 
     Returns:
-        `[H]` margins, in the units of the inputs divided by `scale`.
+        `[H]` margins, in the units of the inputs divided by `scale`. With
+        fewer than level / (1 - level) calibration points the largest score is
+        used, and the guarantee no longer holds.
     """
     scale = np.ones(len(actual)) if scale is None else np.maximum(np.asarray(scale, np.float64), 1e-12)
     scores = np.sort(np.maximum(lower - actual, actual - upper) / scale[:, None], axis=0)

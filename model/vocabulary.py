@@ -11,6 +11,7 @@ the same list, so training ids and serving ids cannot drift apart.
 from __future__ import annotations
 
 import collections
+import re
 from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
 import numpy as np
@@ -25,13 +26,19 @@ OOV_TOKEN = "[UNK]"
 TOKEN_LEVELS = ("char", "word")
 
 
+ASCII_WHITESPACE = re.compile(r"[ \t\n\v\f\r]+")
+
+
 def tokenize(text: str, token_level: str) -> list[str]:
     """Split text into tokens exactly as the exported model does in-graph.
 
     Characters are Unicode code points (`tf.strings.unicode_split`); words are
-    runs of non-whitespace (`tf.strings.split`).
+    runs between ASCII whitespace, as `tf.strings.split` cuts them (Python's
+    `str.split()` would also cut at no-break and other Unicode spaces).
     """
-    return list(text) if token_level == "char" else text.split()
+    if token_level == "char":
+        return list(text)
+    return [token for token in ASCII_WHITESPACE.split(text) if token]
 
 
 def build_vocabulary(tokens: Iterable[str], max_size: Optional[int] = None) -> list[str]:

@@ -16,11 +16,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from model.config import ForecastConfig
+from model import builders
+from model.config import ForecastConfig, OptimizerConfig
 from pipelines.series_data import (PriceSeries, Split, future_at, make_dataset, origins_in, windows_at)
 
 
@@ -62,7 +62,8 @@ def _interval_margin_off(model):
 
 
 def walk_forward(model, scaling, series: PriceSeries, split: Split, forecast: ForecastConfig,
-                 refit_every: int = 0, refit_epochs: int = 1, batch_size: int = 32, seed: int = 0) -> Backtest:
+                 refit_every: int = 0, refit_epochs: int = 1, batch_size: int = 32, seed: int = 0,
+                 optimizer_config: OptimizerConfig | None = None) -> Backtest:
     """Forecast the test span step by step, refitting on an expanding window.
 
     Args:
@@ -72,12 +73,18 @@ def walk_forward(model, scaling, series: PriceSeries, split: Split, forecast: Fo
         refit_every: Refit before every k-th forecast (0: never).
         refit_epochs: Epochs per refit.
         batch_size, seed: For the refits.
+        optimizer_config: Learning rate and clipping of the refits. They get a
+            fresh optimizer at a constant rate: the training run's schedule may
+            have decayed to 0, and refits must still learn.
 
     Returns:
         A `Backtest`.
     """
     W, H = forecast.window, forecast.horizon
     origins = origins_in(split.val_end, split.total, W, H)
+    if refit_every > 0:
+        refit_config = dataclasses.replace(optimizer_config or OptimizerConfig(), lr_schedule="constant")
+        model.compile(optimizer=builders.make_optimizer(refit_config), loss=model.loss)
     step = refit_every if refit_every > 0 else len(origins)
     target = series.target_values.astype(np.float32)
     chunks, refits = [], 0
@@ -144,10 +151,3 @@ def plot_backtest(series: PriceSeries, backtest: Backtest, forecast: ForecastCon
     fig.savefig(paths["residuals"], dpi=110)
     plt.close(fig)
     return {key: str(path) for key, path in paths.items()}
-
-
-def summarize(backtest: Backtest, refit_every: int, refit_epochs: int, evaluation: dict[str, Any],
-              plots: dict[str, str]) -> dict[str, Any]:
-    return {"refit_every": refit_every, "refit_epochs": refit_epochs, "refits": backtest.refits,
-            "verdict": evaluation["verdict"], "metrics": evaluation["metrics"],
-            "interval_coverage": evaluation["interval_coverage"], "plots": plots}

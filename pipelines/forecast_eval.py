@@ -96,14 +96,14 @@ def interval_coverage(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray) 
 def diebold_mariano(actual: np.ndarray, forecast: np.ndarray, reference: np.ndarray, horizon: int) -> dict:
     """Diebold-Mariano test of equal squared error, one-sided: is `forecast` better than `reference`?
 
-    Uses the first horizon's errors; the long-run variance has Newey-West
-    weights over horizon - 1 lags (h-step forecasts overlap).
+    Uses the errors of the last horizon H: consecutive H-step forecasts
+    overlap, so the long-run variance has Newey-West weights over H - 1 lags.
 
     Returns:
         `{"statistic": DM, "p_value": P(DM <= observed) under equal accuracy}`;
         a small p-value means the forecast has significantly lower error.
     """
-    d = (forecast[:, 0] - actual[:, 0]) ** 2 - (reference[:, 0] - actual[:, 0]) ** 2
+    d = (forecast[:, -1] - actual[:, -1]) ** 2 - (reference[:, -1] - actual[:, -1]) ** 2
     n = len(d)
     if n < 3:
         return {"statistic": None, "p_value": None}

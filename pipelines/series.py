@@ -23,9 +23,9 @@ import numpy as np
 from model.config import ForecastConfig, ModelConfig, OptimizerConfig, TrainingConfig, UsageError
 from model.export import check_export_base
 from pipelines import backtest, cli, forecast_eval
-from pipelines.series_data import (DEFAULT_SOURCE, DEFAULT_TICKER, PRICE_NAMES, PriceSeries, Split,
-                                   chronological_split, column_key, default_prices, future_at, load_prices,
-                                   make_dataset, origins_in, read_csv, windows_at)
+from pipelines.series_data import (DEFAULT_SOURCE, DEFAULT_TICKER, PriceSeries, Split, chronological_split,
+                                   default_prices, future_at, is_price_column, load_prices, make_dataset,
+                                   origins_in, read_csv, windows_at)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,7 +195,7 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
 
     keras.utils.set_random_seed(training_config.seed)
     W, H = forecast.window, forecast.horizon
-    log_features = [column_key(name) in PRICE_NAMES or name == series.target for name in series.features]
+    log_features = [is_price_column(name, series.target) for name in series.features]
     model = build_next_value_model(W, log_features, series.target_index, H, model_config, forecast.transform,
                                    forecast.quantiles, forecast.bidirectional)
     scaling = price_scaling(model)
@@ -229,7 +229,7 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
 
     # The test span, walked forward after the export (refits never reach the exported model).
     walked = backtest.walk_forward(model, scaling, series, split, forecast, refit_every, refit_epochs,
-                                   training_config.batch_size, training_config.seed)
+                                   training_config.batch_size, training_config.seed, optimizer_config)
     name = model_config.cell.upper().replace("SIMPLE_RNN", "SimpleRNN")
     evaluation = evaluate(series, split, forecast, walked.predictions, walked.origins, name)
     headline = evaluation["verdict"].split(" — ")[0].split(": ", 1)[1]  # "RMSE 1.001× naive"

@@ -86,6 +86,11 @@ def default_prices() -> pd.DataFrame:
     return frame
 
 
+def is_price_column(column: str, target: str) -> bool:
+    """Prices must be positive and are logged; other columns (volume) may be 0 and get log1p."""
+    return column_key(column) in PRICE_NAMES or column == target
+
+
 def read_csv(path: str | os.PathLike) -> pd.DataFrame:
     """Read a CSV file as strings (validation and parsing happen in `load_prices`)."""
     path = existing_file(path, "--csv", "a CSV file with a Date column and prices")
@@ -166,11 +171,12 @@ def load_prices(frame: pd.DataFrame, source: str, ticker: Optional[str] = None, 
         i = bad.idxmax()
         raise UsageError(f"{source} line {line(i)}: unparseable date {frame.at[i, date_column]!r}; "
                          "use a format such as 2013-03-01")
-    duplicated = dates.duplicated(keep=False)
-    if duplicated.any():
-        rows = [line(i) for i in duplicated[duplicated].index[:2]]
-        raise UsageError(f"{source} lines {rows[0]} and {rows[1]}: duplicate date "
-                         f"{dates[rows[0] - 2].date()}; keep one row per day")
+    repeats = dates.duplicated(keep="first")
+    if repeats.any():
+        second = repeats.idxmax()  # the first row whose date was seen before
+        first = dates[dates == dates[second]].index[0]
+        raise UsageError(f"{source} lines {line(first)} and {line(second)}: duplicate date "
+                         f"{dates[second].date()}; keep one row per day")
 
     values = pd.DataFrame(index=frame.index)
     for column in feature_columns:
@@ -182,8 +188,7 @@ def load_prices(frame: pd.DataFrame, source: str, ticker: Optional[str] = None, 
         if not_numeric.any():
             i = not_numeric.idxmax()
             raise UsageError(f"{source} line {line(i)}: column {column!r} holds {cells[i]!r}, not a number")
-        is_price = column_key(column) in PRICE_NAMES or column == target
-        non_positive = (numbers <= 0) & is_price
+        non_positive = (numbers <= 0) & is_price_column(column, target)
         if non_positive.any():
             i = non_positive.idxmax()
             raise UsageError(f"{source} line {line(i)}: {column} is {numbers[i]:g}; prices must be > 0")

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from model.config import UsageError
-from model.vocabulary import TOKEN_LEVELS, build_vocabulary, encode, tokenize
+from model.vocabulary import OOV_ID, TOKEN_LEVELS, build_vocabulary, encode, tokenize
 from pipelines.cli import existing_file
 
 DEFAULT_CORPUS_NAME = "pydoc_data.topics"
@@ -77,7 +77,7 @@ class TextData:
     @property
     def oov_share_val(self) -> float:
         """Share of validation tokens unseen in training."""
-        return float(np.mean(self.val_ids == 1)) if len(self.val_ids) else 0.0
+        return float(np.mean(self.val_ids == OOV_ID)) if len(self.val_ids) else 0.0
 
 
 def prepare_text(text: str, token_level: str = "char", seq_len: int = 100,
@@ -156,7 +156,6 @@ def make_dataset(ids: np.ndarray, seq_len: int, batch_size: int, shuffle: bool, 
         ids, targets=None, sequence_length=seq_len + 1, sequence_stride=seq_len,
         batch_size=None, shuffle=False)
     count = window_count(ids, seq_len)
-    windows = windows.take(count)  # a final window needs seq_len + 1 tokens
     if shuffle:
         windows = windows.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     batches = windows.batch(min(batch_size, count), drop_remainder=shuffle)

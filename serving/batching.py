@@ -104,7 +104,14 @@ class _Queue:
     def _serve_batch(self, batch: list[_Task]) -> None:
         try:
             run = batch[0].run
-            outputs = run(self._merge(batch)) if len(batch) > 1 else run(batch[0].inputs)
+            if len(batch) == 1:
+                batch[0].future.set_result(run(batch[0].inputs))
+                return
+            outputs = run(self._merge(batch))
+            answers, start = [], 0
+            for task in batch:
+                answers.append({key: value[start:start + task.rows] for key, value in outputs.items()})
+                start += task.rows
         except Exception as error:  # noqa: BLE001
             if len(batch) == 1:
                 batch[0].future.set_exception(error)
@@ -112,14 +119,18 @@ class _Queue:
             for task in batch:  # find the faulty request: the others still get answers
                 self._serve_batch([task])
             return
-        start = 0
-        for task in batch:
-            task.future.set_result({key: value[start:start + task.rows] for key, value in outputs.items()})
-            start += task.rows
+        for task, answer in zip(batch, answers):
+            task.future.set_result(answer)
 
     def _serve(self) -> None:
-        while True:
-            self._serve_batch(self._collect())
+        while True:  # whatever happens to one batch, the queue keeps being served
+            batch = self._collect()
+            try:
+                self._serve_batch(batch)
+            except Exception as error:  # noqa: BLE001
+                for task in batch:
+                    if not task.future.done():
+                        task.future.set_exception(error)
 
 
 class BatchScheduler:

@@ -81,18 +81,27 @@ def parse(path: str | os.PathLike, message_class):
         raise ConfigError(f"{path}: {error}") from None
 
 
-def read_model_config(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
-    """Read models.config; every model needs a name and a base path, names must be unique."""
-    config = parse(path, ModelServerConfig)
+def validate_model_config(config: model_server_config_pb2.ModelServerConfig, source: str) -> None:
+    """Every model needs a name and a base path, and names must be unique.
+
+    Raises:
+        ConfigError: Naming `source` (a file, or "reload request").
+    """
     names = [model.name for model in config.model_config_list.config]
     if not names:
-        raise ConfigError(f"{path}: model_config_list holds no model")
+        raise ConfigError(f"{source}: model_config_list holds no model")
     for model in config.model_config_list.config:
         if not model.name or not model.base_path:
-            raise ConfigError(f"{path}: every config needs a name and a base_path")
+            raise ConfigError(f"{source}: every config needs a name and a base_path")
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise ConfigError(f"{path}: model name {duplicates[0]!r} appears twice")
+        raise ConfigError(f"{source}: model name {duplicates[0]!r} appears twice")
+
+
+def read_model_config(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
+    """Read and validate models.config."""
+    config = parse(path, ModelServerConfig)
+    validate_model_config(config, str(path))
     return config
 
 

@@ -116,12 +116,12 @@ class ModelManager:
     def set_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         """Replace the model list (HandleReloadConfigRequest), then load and unload to match."""
         configs = {model.name: model for model in config.model_config_list.config}
-        with self._lock:
-            self._configs = configs
-            for name in list(self._loaded):
-                if name not in configs:
-                    del self._loaded[name]
-                    self._failed.pop(name, None)
+        with self._refresh_lock:  # not while a refresh walks the old list
+            with self._lock:
+                self._configs = configs
+                for table in (self._loaded, self._failed, self._unloaded):
+                    for name in [name for name in table if name not in configs]:
+                        del table[name]
         self.refresh()
 
     def base_path(self, name: str) -> Path:
@@ -129,24 +129,33 @@ class ModelManager:
         return path if path.is_absolute() else self._root / path
 
     def refresh(self) -> None:
-        """Load the versions the policies want and unload the others."""
+        """Load the versions the policies want and unload the others.
+
+        A version that failed to load takes no place in the policy: with
+        `latest {2}`, a broken newest version leaves the two newest good ones serving.
+        """
         with self._refresh_lock:
             for name, config in list(self._configs.items()):
-                wanted = wanted_versions(complete_versions(self.base_path(name)), config)
-                loaded = self._loaded.get(name, {})
-                failed = self._failed.setdefault(name, {})
-                for version in wanted:
-                    if version in loaded or version in failed:
-                        continue
-                    try:
-                        new = load_version(name, version, self.base_path(name) / str(version))
-                    except Exception as error:  # noqa: BLE001 - any load failure is reported, not fatal
-                        failed[version] = f"{type(error).__name__}: {str(error).splitlines()[0][:500]}"
-                        log.warning("model %s version %d failed to load: %s", name, version, failed[version])
-                        continue
-                    with self._lock:
-                        self._loaded.setdefault(name, {})[version] = new
-                    log.info("model %s version %d loaded", name, version)
+                base = self.base_path(name)
+                while True:  # each failure frees a slot for an older version: choose again
+                    failed = self._failed.get(name, {})
+                    wanted = wanted_versions([v for v in complete_versions(base) if v not in failed], config)
+                    loaded = self._loaded.get(name, {})
+                    missing = [v for v in wanted if v not in loaded]
+                    if not missing:
+                        break
+                    for version in missing:
+                        try:
+                            new = load_version(name, version, base / str(version))
+                        except Exception as error:  # noqa: BLE001 - any load failure is reported, not fatal
+                            message = f"{type(error).__name__}: {str(error).splitlines()[0][:500]}"
+                            log.warning("model %s version %d failed to load: %s", name, version, message)
+                            with self._lock:
+                                self._failed.setdefault(name, {})[version] = message
+                            continue
+                        with self._lock:
+                            self._loaded.setdefault(name, {})[version] = new
+                        log.info("model %s version %d loaded", name, version)
                 with self._lock:
                     for version in [v for v in self._loaded.get(name, {}) if v not in wanted]:
                         del self._loaded[name][version]  # requests in flight keep their reference
@@ -188,7 +197,7 @@ class ModelManager:
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"model {name!r} not found")
             loaded = self._loaded.get(name, {})
             rows = [(v, "AVAILABLE", "") for v in loaded]
-            rows += [(v, "END", error) for v, error in self._failed.get(name, {}).items()]
+            rows += [(v, "END", error) for v, error in list(self._failed.get(name, {}).items())]
             rows += [(v, "END", "") for v in self._unloaded.get(name, set()) if v not in loaded]
         return sorted(rows)
 

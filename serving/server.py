@@ -113,7 +113,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             outputs = signature(**{key: tf.constant(value, dtype=specs[key].dtype) for key, value in arrays.items()})
             return {key: np.asarray(value) for key, value in outputs.items()}
 
-        if self.batching is None:
+        if self.batching is None or not inputs:  # nothing to merge (e.g. the metadata signature)
             return run(inputs)
         sizes = {len(value) if value.ndim else None for value in inputs.values()}
         if len(sizes) > 1 or None in sizes:
@@ -247,10 +247,17 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def HandleReloadConfigRequest(self, request, context):
         response = model_management_pb2.ReloadConfigResponse()
         try:
+            tfs_config.validate_model_config(request.config, "reload request")
+        except tfs_config.ConfigError as error:
+            response.status.error_code = 3  # INVALID_ARGUMENT: the served models stay as they were
+            response.status.error_message = str(error)
+            return response
+        try:
             self.models.set_config(request.config)
         except Exception as error:  # noqa: BLE001
-            response.status.error_code = 3  # INVALID_ARGUMENT
-            response.status.error_message = str(error)
+            log.exception("applying a new model config failed")
+            response.status.error_code = 13  # INTERNAL
+            response.status.error_message = f"the new config is in place, but applying it failed: {error}"
         return response
 
 
@@ -270,23 +277,28 @@ class Server:
                  max_workers: int = 16, batching: Optional[BatchingOptions] = None, rest_api_port: int = 0,
                  monitoring=None):
         self.config_path = Path(model_config_file)
-        self.models = ModelManager(tfs_config.read_model_config(self.config_path))
+        config = tfs_config.read_model_config(self.config_path)
+        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0)])  # a second server on the same port must fail, not share it
+        try:  # bind first: a port in use is reported before any model is loaded
+            self.port = self.grpc.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as error:
+            raise OSError(f"cannot listen on {host}:{port}: {error}; pick another --port") from None
+        if self.port == 0:
+            raise OSError(f"cannot listen on {host}:{port}; pick another --port")
+        self.host = host
+        self.models = ModelManager(config)
         self._stop = threading.Event()
         self._polls = [(file_system_poll_wait_seconds, self.models.refresh),
                        (model_config_file_poll_wait_seconds, self._reload_config)]
-        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         scheduler = BatchScheduler(batching) if batching else None
         prometheus = monitoring.prometheus_config if monitoring is not None else None
         self.metrics = ServingMetrics() if prometheus is not None and prometheus.enable else None
         self.predictions = PredictionService(self.models, scheduler, self.metrics)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self.predictions, self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models), self.grpc)
-        self.port = self.grpc.add_insecure_port(f"{host}:{port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {host}:{port} (in use?)")
-        self.host = host
         metrics_path = (prometheus.path or "/monitoring/prometheus/metrics") if self.metrics else None
         self.rest = (RestServer(self.predictions, self.models, host, rest_api_port, self.metrics, metrics_path)
                      if rest_api_port else None)

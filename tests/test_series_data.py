@@ -63,6 +63,8 @@ def test_missing_values_are_forward_filled_and_counted(tmp_path):
     ("Date,Close\n2020-01-02,1\n", {"features": ["Volume"]}, "unknown --features column 'Volume'"),
     ("Date,Close\n2020-01-02,1\nnot a day,2\n", {}, "line 3: unparseable date 'not a day'"),
     ("Date,Close\n2020-01-02,1\n2020-01-03,2\n2020-01-02,3\n", {}, "lines 2 and 4: duplicate date 2020-01-02"),
+    ("Date,Close\n2020-01-02,1\n2020-01-03,2\n2020-01-02,3\n2020-01-03,4\n", {},
+     "lines 2 and 4: duplicate date 2020-01-02"),
     ("Date,Close\n2020-01-02,1\n2020-01-03,abc\n", {}, "line 3: column 'Close' holds 'abc', not a number"),
     ("Date,Close\n2020-01-02,1\n2020-01-03,-5\n", {}, "line 3: Close is -5; prices must be > 0"),
     ("Date,Close\n2020-01-02,\n2020-01-03,2\n", {}, "first row (by date) has missing values"),

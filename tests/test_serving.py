@@ -187,6 +187,29 @@ def test_sigterm_stops_the_server_gracefully(model_dirs):
     assert "stopped" in process.stdout.read()
 
 
+def test_a_port_in_use_is_a_clean_error(model_dirs, server):
+    port = server.split(":")[1]
+    result = subprocess.run([sys.executable, "-m", "serving.server", "--model_config_file", str(model_dirs["config"]),
+                             "--port", port], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_a_bad_reload_request_is_refused_and_changes_nothing(server):
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    for _ in range(2):
+        config.model_config_list.config.add(name="twin", base_path="/nowhere")
+    with grpc.insecure_channel(server) as channel:
+        reply = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=config), timeout=60)
+    assert reply.status.error_code == 3 and "appears twice" in reply.status.error_message
+    with PredictionClient(server, "text") as client:
+        assert client.next_token(["still the old config"])
+
+
 def test_client_cli_against_the_server(server):
     result = subprocess.run([sys.executable, "-m", "serving.client", "--target", server, "generate", "--model", "text",
                              "--max-tokens", "12", "--seed", "1", "The "],
@@ -223,6 +246,7 @@ def test_with_batching_concurrent_generations_equal_unbatched_ones(model_dirs):
         with PredictionClient(target, "text") as client:  # a faulty request in a batch fails alone
             with pytest.raises(ServingCallError, match="temperature must be > 0"):
                 client.generate("x", temperature=0.0)
+            assert int(client.predict({}, "metadata")["seq_len"]) == 20  # no inputs: nothing to batch
             with pytest.raises(ServingCallError, match="same leading batch dimension"):
                 client.predict({"text": np.array([b"a", b"b"], dtype=object), "max_tokens": np.array([1], np.int32),
                                 "temperature": np.array([1.0], np.float32), "seed": np.array([1], np.int64)},
@@ -379,6 +403,8 @@ def test_an_incomplete_or_broken_version_is_skipped_and_reported(server, model_d
         rows = {row["version"]: row for row in client.status()}
         assert rows[8]["state"] == "END" and rows[8]["error"]
         assert 7 not in rows
+        # The broken newest version takes no place in "latest {2}": both good versions still serve.
+        assert {v for v, row in rows.items() if row["state"] == "AVAILABLE"} == {2, 3}
         assert client.next_token(["still serving"])  # the loaded versions keep answering
     shutil.rmtree(base / "7")
     shutil.rmtree(base / "8")

@@ -62,6 +62,16 @@ def test_word_level_tokens_and_max_vocab():
     assert OOV_ID in data.train_ids  # 'c' is out of the two-word vocabulary
 
 
+def test_word_tokens_are_cut_exactly_where_tensorflow_cuts_them():
+    import tensorflow as tf
+
+    from model.vocabulary import tokenize
+
+    text = "a\u00a0b  c\u2003d\x1ce\tf\ng "
+    in_graph = [t.decode("utf-8") for t in tf.strings.split([text]).to_list()[0]]
+    assert tokenize(text, "word") == in_graph == ["a\u00a0b", "c\u2003d\x1ce", "f", "g"]
+
+
 def test_encode_agrees_with_the_in_model_string_lookup():
     vocabulary = build_vocabulary(list("hello world"))
     tokens = list("hello, wörld")
