@@ -199,8 +199,11 @@ class IntervalMargin(keras.layers.Layer):
     def call(self, inputs):
         z, window = inputs
         offsets = self.margin[None, :] * self.relative_volatility(window)[:, None]  # [b, H]
-        zeros = ops.zeros_like(z[:, :, 1:-1])
-        return z + ops.concatenate([-offsets[:, :, None], zeros, offsets[:, :, None]], axis=2)
+        lower, upper = z[:, :, :1] - offsets[:, :, None], z[:, :, -1:] + offsets[:, :, None]
+        if self.n_quantiles > 2:  # a negative margin must not push the bounds past the inner quantiles
+            lower = ops.minimum(lower, z[:, :, 1:2])
+            upper = ops.maximum(upper, z[:, :, -2:-1])
+        return ops.concatenate([lower, z[:, :, 1:-1], upper], axis=2)
 
     def get_config(self):
         return {**super().get_config(), "horizon": self.horizon, "n_quantiles": self.n_quantiles,

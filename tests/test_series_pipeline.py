@@ -245,3 +245,15 @@ def test_volatility_scaled_margin_keeps_coverage_when_the_regime_calms_down():
     scaled_coverage = np.mean(np.abs(test) <= scaled * calm)
     assert plain_coverage > 0.99  # far too wide once the market calms down
     assert abs(scaled_coverage - 0.8) < 0.03
+
+
+def test_a_negative_margin_never_crosses_the_quantiles():
+    from model.series_model import IntervalMargin
+
+    layer = IntervalMargin(horizon=1, n_quantiles=3)
+    layer.margin.assign(np.array([-5.0], np.float32))  # far narrower than the predicted spread
+    z = np.array([[[-1.0, 0.2, 1.0]]], np.float32)
+    window = np.array([[[10.0], [10.5], [10.2], [10.8]]], np.float32)
+    out = np.asarray(layer([z, window]))
+    assert out[0, 0, 0] <= out[0, 0, 1] <= out[0, 0, 2]
+    assert out[0, 0, 1] == pytest.approx(0.2)
