@@ -232,7 +232,8 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
                                    training_config.batch_size, training_config.seed, optimizer_config)
     name = model_config.cell.upper().replace("SIMPLE_RNN", "SimpleRNN")
     evaluation = evaluate(series, split, forecast, walked.predictions, walked.origins, name)
-    headline = evaluation["verdict"].split(" — ")[0].split(": ", 1)[1]  # "RMSE 1.001× naive"
+    metrics = evaluation["metrics"]
+    headline = f"RMSE {metrics['model']['rmse'] / metrics['naive']['rmse']:.3f}× naive"
     plots = backtest.plot_backtest(series, walked, forecast, f"{name} on {series.ticker or series.source}: {headline}",
                                    run.path)
     evaluation["interval_calibration"] = calibration
