@@ -186,6 +186,46 @@ QUALITY_BATCH = 128
 QUALITY_STEPS_PER_EPOCH = 100
 
 
+def validation_loss_by_context(model: keras.Model, val_ids: np.ndarray,
+                               contexts: tuple[int, ...] = (100, 256), streams: int = 16) -> dict[str, float]:
+    """Validation loss (nats/char) when the model reads longer stretches of text.
+
+    Keras's `val_loss` cuts the validation text into windows of the training
+    seq-len, each starting from a zero state, so its first characters are
+    predicted with almost no context. nanoGPT reports its loss over windows
+    of its block size (256); char-rnn carries the state through the whole
+    validation text. Both are measured here, on the same trained weights.
+
+    Args:
+        model: A trained next-token model.
+        val_ids: The validation token ids.
+        contexts: Window lengths to measure.
+        streams: The whole text is also read as this many contiguous streams,
+            the state carried from the first character of each to its last.
+
+    Returns:
+        `{"windows_100": ..., "windows_256": ..., "carried_state": ...}`.
+    """
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def mean_loss(windows: np.ndarray, batch: int) -> float:
+        total = 0.0
+        for start in range(0, len(windows), batch):
+            chunk = windows[start:start + batch]
+            total += float(loss(chunk[:, 1:], model(chunk[:, :-1], training=False))) * len(chunk)
+        return total / len(windows)
+
+    result = {}
+    for context in contexts:
+        count = (len(val_ids) - 1) // context
+        windows = np.lib.stride_tricks.sliding_window_view(val_ids, context + 1)[::context][:count]
+        result[f"windows_{context}"] = mean_loss(np.ascontiguousarray(windows), 64)
+    length = (len(val_ids) - 1) // streams
+    result["carried_state"] = mean_loss(np.stack([val_ids[i * length:(i + 1) * length + 1]
+                                                  for i in range(streams)]), streams)
+    return result
+
+
 def bench_quality(minutes: float) -> dict | None:
     if not SHAKESPEARE.is_file():
         print(f"quality benchmark skipped: {SHAKESPEARE} is not there", file=sys.stderr)
@@ -198,11 +238,15 @@ def bench_quality(minutes: float) -> dict | None:
                            patience=0, time_budget_minutes=minutes, runs_dir=str(Path(workdir) / "runs")),
             SEQ_LEN, Path(workdir) / "saved_models" / "quality",
             data_config={"corpus": "tinyshakespeare", "val_fraction": 0.1})
+        model = builders.build_next_token_model(id_space_size(data.vocabulary), QUALITY_MODEL)
+        model.load_weights(str(Path(summary["run_dir"]) / "best.weights.h5"))
+        by_context = validation_loss_by_context(model, data.val_ids)
     result = {
         "corpus": "tinyshakespeare (last 10% validation)", "budget_minutes": minutes,
         "model": QUALITY_MODEL.__dict__, "optimizer": QUALITY_OPTIMIZER.__dict__, "batch_size": QUALITY_BATCH,
         "val_nats_per_char": summary["val_loss_nats_per_token"],
         "val_bits_per_char": summary["val_bits_per_token"],
+        "val_nats_per_char_by_context": by_context,
         "epochs_run": summary["epochs_run"], "steps_per_epoch": QUALITY_STEPS_PER_EPOCH,
         "train_chars_per_second": summary["tokens_per_second"],
         "wall_seconds": summary["wall_seconds"], "target_nats_per_char": 1.47,

@@ -135,29 +135,38 @@ def make_dataset(ids: np.ndarray, seq_len: int, batch_size: int, shuffle: bool, 
     """Windows of `seq_len` inputs and their next-token targets, batched.
 
     Windows start every `seq_len` tokens, so every token is a target once per
-    epoch. Training windows are reshuffled every epoch and batched with a fixed
-    batch size (the batch is shrunk when there are fewer windows).
+    epoch. For training, the windows' boundaries move every epoch (the first
+    window starts at a random offset in [0, seq_len)), so the model does not
+    see the same 100 characters in the same frame each time and every token is
+    predicted from a different amount of context; the windows are reshuffled
+    and batched with a fixed batch size (shrunk when there are fewer windows).
 
     Args:
         ids: int32 token ids.
         seq_len: Window length.
         batch_size: Windows per batch.
-        shuffle: Reshuffle windows every epoch and drop a partial last batch
-            (training); otherwise keep order and every window (evaluation).
-        seed: Shuffling seed.
+        shuffle: Random offset, reshuffling and dropping a partial last batch
+            (training); otherwise windows from the first token, in order, all
+            kept (evaluation).
+        seed: Seed of the offsets and the shuffling.
 
     Returns:
         A `tf.data.Dataset` of `(inputs [b, seq_len], targets [b, seq_len])`.
     """
-    import keras
     import tensorflow as tf
 
-    windows = keras.utils.timeseries_dataset_from_array(
-        ids, targets=None, sequence_length=seq_len + 1, sequence_stride=seq_len,
-        batch_size=None, shuffle=False)
+    tokens = tf.constant(ids, tf.int32)
+
+    def windows_from(offset):  # consecutive windows of seq_len + 1 that overlap by one token
+        return tf.data.Dataset.from_tensor_slices(tf.signal.frame(tokens[offset:], seq_len + 1, seq_len))
+
     count = window_count(ids, seq_len)
     if shuffle:
+        offsets = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+        windows = offsets.flat_map(lambda r: windows_from(tf.cast(r % seq_len, tf.int32)))
         windows = windows.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    else:
+        windows = windows_from(0)
     batches = windows.batch(min(batch_size, count), drop_remainder=shuffle)
     return batches.map(lambda w: (w[:, :-1], w[:, 1:]),
                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

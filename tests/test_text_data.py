@@ -102,11 +102,21 @@ def test_windows_are_inputs_and_targets_shifted_by_one():
     np.testing.assert_array_equal(inputs[:, 0], np.arange(2, 102, 10))  # every token a target once
 
 
-def test_training_windows_are_reshuffled_each_epoch_in_full_batches():
-    ids = np.arange(2, 403, dtype=np.int32)  # 40 windows
+def test_training_windows_move_and_are_reshuffled_each_epoch_in_full_batches():
+    ids = np.arange(2, 403, dtype=np.int32)  # 401 tokens: 40 windows of 10 (39 when shifted)
     dataset = make_dataset(ids, seq_len=10, batch_size=8, shuffle=True, seed=1)
-    first = [x.numpy()[:, 0].tolist() for x, _ in dataset]
-    second = [x.numpy()[:, 0].tolist() for x, _ in dataset]
-    assert all(len(batch) == 8 for batch in first)
-    assert sorted(sum(first, [])) == sorted(sum(second, [])) == list(range(2, 402, 10))
-    assert first != second
+    epochs = [[(x.numpy(), y.numpy()) for x, y in dataset] for _ in range(6)]
+    starts = []
+    for batches in epochs:
+        assert all(len(x) == 8 for x, _ in batches)
+        for x, y in batches:
+            np.testing.assert_array_equal(y, x + 1)
+        epoch_starts = sorted(np.concatenate([x for x, _ in batches])[:, 0].tolist())
+        # Every window of an epoch lies on one grid, shifted by that epoch's offset
+        # (the partial last batch is dropped, so a few grid points may be missing).
+        offsets = {(start - 2) % 10 for start in epoch_starts}
+        assert len(offsets) == 1 and len(set(epoch_starts)) == len(epoch_starts) == 8 * len(batches)
+        starts.append(offsets.pop())
+    assert len(set(starts)) > 1  # the boundaries moved between epochs
+    orders = [np.concatenate([x for x, _ in batches])[:, 0].tolist() for batches in epochs[:2]]
+    assert orders[0] != orders[1]  # and the windows were reshuffled
