@@ -39,6 +39,7 @@ bench: $(INSTALLED)
 	$(PY) -m bench.text
 	$(PY) -m bench.series
 	$(PY) -m bench.serving
+	$(PY) -m bench.gradients
 
 tensorboard: $(INSTALLED)
 	$(VENV)/bin/tensorboard --logdir runs

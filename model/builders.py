@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 
 from model.config import ModelConfig, OptimizerConfig
+from model.gradient_monitor import MonitoredModel
 
 RECURRENT_LAYERS = {
     "simple_rnn": keras.layers.SimpleRNN,
@@ -42,8 +43,9 @@ def build_next_token_model(vocab_size: int, config: ModelConfig) -> keras.Model:
         config: Cell kind, width, depth, dropout and embedding width.
 
     Returns:
-        An uncompiled model mapping int token ids `[batch, time]` to
-        next-token logits `[batch, time, vocab_size]`.
+        An uncompiled `MonitoredModel` (a Keras functional model whose
+        training step also measures its gradients) mapping int token ids
+        `[batch, time]` to next-token logits `[batch, time, vocab_size]`.
     """
     token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
     x = keras.layers.Embedding(vocab_size, config.embedding_dim, name="embedding")(token_ids)
@@ -52,7 +54,7 @@ def build_next_token_model(vocab_size: int, config: ModelConfig) -> keras.Model:
         if config.dropout > 0:
             x = keras.layers.Dropout(config.dropout, name=f"dropout_{index}")(x)
     logits = keras.layers.Dense(vocab_size, name="logits")(x)
-    return keras.Model(token_ids, logits, name=f"next_token_{config.cell}")
+    return MonitoredModel(token_ids, logits, name=f"next_token_{config.cell}")
 
 
 def make_optimizer(config: OptimizerConfig, total_steps: int | None = None) -> keras.optimizers.Optimizer:

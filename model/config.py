@@ -31,6 +31,15 @@ class UsageError(ValueError):
     """
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradients became NaN or Inf during training.
+
+    The message is the gradient monitor's diagnosis: the step, the layer whose
+    gradient went non-finite first, and a remedy. Command-line entry points
+    print it and exit with status 1.
+    """
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise UsageError(message)
@@ -105,6 +114,54 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass
+class MonitorConfig:
+    """The gradient-health monitor (see `model/gradient_monitor.py`) and its detectors' thresholds.
+
+    Attributes:
+        enabled: Measure gradients at all (on by default; off gives Keras's own
+            training step).
+        every: Keep one row of measurements every this many steps (NaN and Inf
+            are checked at every step regardless).
+        exploding_norm: A pre-clipping global gradient norm above this counts
+            as a large step (the textbook threshold is 1.0).
+        exploding_share: "Exploding" when at least this share of the recent
+            steps is large.
+        weight_growth: "Exploding" when a recurrent kernel's norm grows by more
+            than this factor during training.
+        vanishing_ratio: "Vanishing" when the first recurrent layer's gradient
+            norm is below this fraction of the output layer's...
+        vanishing_floor: ...or below this absolute floor, or the gradient of
+            the last step's loss reaching the first step of a sequence is
+            below `vanishing_time_ratio` of the last step's...
+        vanishing_time_ratio: (see `vanishing_floor`)...
+        flat_loss: ...while the training loss improved by less than this
+            fraction over the second half of the steps so far.
+    """
+
+    enabled: bool = True
+    every: int = 1
+    exploding_norm: float = 1.0
+    exploding_share: float = 0.5
+    weight_growth: float = 10.0
+    vanishing_ratio: float = 1e-2
+    vanishing_floor: float = 1e-6
+    vanishing_time_ratio: float = 1e-8
+    flat_loss: float = 0.03
+
+    def validate(self) -> None:
+        _require(self.every > 0, f"--grad-every must be a positive integer, got {self.every}")
+        _require(self.exploding_norm > 0, f"--exploding-norm must be > 0, got {self.exploding_norm}")
+        _require(0 < self.exploding_share <= 1,
+                 f"--exploding-share must be in (0, 1], got {self.exploding_share}")
+        _require(self.weight_growth > 1, f"--weight-growth must be > 1, got {self.weight_growth}")
+        _require(0 < self.vanishing_ratio < 1, f"--vanishing-ratio must be in (0, 1), got {self.vanishing_ratio}")
+        _require(self.vanishing_floor >= 0, f"--vanishing-floor must be >= 0, got {self.vanishing_floor}")
+        _require(0 < self.vanishing_time_ratio < 1,
+                 f"--vanishing-time-ratio must be in (0, 1), got {self.vanishing_time_ratio}")
+        _require(0 <= self.flat_loss < 1, f"--flat-loss must be in [0, 1), got {self.flat_loss}")
+
+
+@dataclasses.dataclass
 class TrainingConfig:
     """The loop around `Model.fit` and where its outputs go.
 
@@ -118,6 +175,7 @@ class TrainingConfig:
         seed: Seed for weights initialisation and shuffling.
         runs_dir: Parent directory of run directories.
         run_id: Name of this run's directory; reusing one resumes that run.
+        monitor: The gradient-health monitor's settings.
     """
 
     epochs: int = 10
@@ -128,8 +186,10 @@ class TrainingConfig:
     seed: int = 1337
     runs_dir: str = "runs"
     run_id: Optional[str] = None
+    monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
 
     def validate(self) -> None:
+        self.monitor.validate()
         _require(self.epochs > 0, f"--epochs must be a positive integer, got {self.epochs}")
         _require(self.batch_size > 0,
                  f"--batch-size must be a positive integer, got {self.batch_size}")

@@ -27,6 +27,7 @@ from keras import ops
 
 from model.builders import recurrent_layer
 from model.config import ModelConfig
+from model.gradient_monitor import MonitoredModel
 
 @dataclasses.dataclass
 class ScalingStats:
@@ -256,7 +257,8 @@ def build_next_value_model(window: int, log_features: Sequence[bool], target_ind
             are predicted.
 
     Returns:
-        An uncompiled model; its `PriceScaling` layer still needs `set_stats`,
+        An uncompiled `MonitoredModel` (it measures its gradients while it
+        trains); its `PriceScaling` layer still needs `set_stats`,
         and with quantiles its `IntervalMargin` layer a calibration.
     """
     prices = keras.Input(shape=(window, len(log_features)), name="window")
@@ -274,7 +276,7 @@ def build_next_value_model(window: int, log_features: Sequence[bool], target_ind
             z = IntervalMargin(horizon, len(quantiles), target_index, name="interval_margin")([z, prices])
     else:
         z = keras.layers.Dense(horizon, name="z")(x)
-    return keras.Model(prices, z, name=f"next_value_{config.cell}")
+    return MonitoredModel(prices, z, name=f"next_value_{config.cell}")
 
 
 def compile_next_value_model(model: keras.Model, optimizer: keras.optimizers.Optimizer, loss: str = "mse",

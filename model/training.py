@@ -6,12 +6,15 @@ A run lives in `runs/<run-id>/`:
       tensorboard/         TensorBoard logs (`tensorboard --logdir runs`)
       history.csv          one row per epoch (CSVLogger)
       best.weights.h5      weights of the best validation loss so far
+      gradients.csv        the gradient monitor's measurements, one row per kept step
+      gradient_layers.json which variable belongs to which layer, initial weight norms
       backup/              BackupAndRestore state: rerun with the same
                            --run-id and a killed run resumes where it stopped
       summary.json         written once, when the run has finished
 
-Everything here is plain Keras: `Model.fit` with Keras callbacks, plus two
-small callbacks of our own (a wall-time budget and a throughput meter).
+Everything here is plain Keras: `Model.fit` with Keras callbacks, plus small
+callbacks of our own (a wall-time budget, a throughput meter) and the
+gradient-health monitor of `model/gradient_monitor.py`, on by default.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import keras
 import tensorflow as tf
 
 from model import builders
-from model.config import OptimizerConfig, TrainingConfig, UsageError
+from model.config import OptimizerConfig, TrainingConfig, TrainingDiverged, UsageError
+from model.gradient_monitor import GradientMonitor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +229,8 @@ class TrainingResult:
         stopped_early: EarlyStopping ended the run.
         stopped_by_time_budget: The time budget ended the run.
         resumed: The run resumed from BackupAndRestore state.
+        gradient_health: The monitor's summary (norms, clipping, findings);
+            empty when the monitor is off.
     """
 
     history: dict[str, list[float]]
@@ -237,6 +243,7 @@ class TrainingResult:
     stopped_early: bool
     stopped_by_time_budget: bool
     resumed: bool
+    gradient_health: dict[str, Any]
 
 
 def standard_callbacks(run: RunDirectory, config: TrainingConfig,
@@ -290,24 +297,40 @@ def make_run_optimizer(optimizer_config: OptimizerConfig, config: TrainingConfig
 
 def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dataset,
           run: RunDirectory, config: TrainingConfig, optimizer_config: OptimizerConfig,
-          extra_callbacks: Iterable[keras.callbacks.Callback] = ()) -> TrainingResult:
+          extra_callbacks: Iterable[keras.callbacks.Callback] = (),
+          probe: Optional[tuple[Any, Any]] = None) -> TrainingResult:
     """Fit a compiled model with the standard callbacks, then load its best weights.
 
     Args:
-        model: A compiled Keras model.
+        model: A compiled Keras model (a `MonitoredModel` for gradient monitoring).
         train_data: Batches of (inputs, targets); reshuffled every epoch.
         val_data: Validation batches.
         run: The run directory (resumes if it holds backup state).
-        config: Epochs, steps per epoch, patience and time budget.
+        config: Epochs, steps per epoch, patience, time budget and the
+            gradient monitor's settings.
         optimizer_config: For the plateau schedule.
-        extra_callbacks: More callbacks (e.g. monitors, or a test's fault injector).
+        extra_callbacks: More callbacks (e.g. a test's fault injector).
+        probe: `(inputs, last_step_loss)` for the monitor's through-time
+            check at each epoch end (see `GradientMonitor`).
 
     Returns:
         A `TrainingResult`; the model holds the weights of the best epoch.
+
+    Raises:
+        TrainingDiverged: The loss or the gradients became NaN or Inf. The
+            run's summary.json records the diagnosis; nothing is exported.
     """
     resumed = run.is_resuming
     meter = ThroughputMeter()
     callbacks = standard_callbacks(run, config, optimizer_config) + [meter, *extra_callbacks]
+    monitor = None
+    if config.monitor.enabled and hasattr(model, "monitor_gradients"):
+        monitor = GradientMonitor(config.monitor, run.path, probe=probe)
+        # After BackupAndRestore (which restores the weights it reads first), before
+        # CSVLogger and TensorBoard (which then log the epoch summaries it adds).
+        callbacks.insert(1, monitor)
+    if hasattr(model, "monitor_gradients"):
+        model.monitor_gradients = monitor is not None
     budget = None
     if config.time_budget_minutes is not None:
         budget = TimeBudget(config.time_budget_minutes)
@@ -319,6 +342,11 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
                         steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, shuffle=False,
                         verbose=1)  # shuffle=False: the dataset reshuffles itself
     wall_seconds = time.perf_counter() - start
+    gradient_health = monitor.summary() if monitor else {}
+    if monitor and monitor.diagnosis:
+        run.write_summary({"run_id": run.run_id, "status": "diverged", "diagnosis": monitor.diagnosis,
+                           "gradient_health": gradient_health})
+        raise TrainingDiverged(monitor.diagnosis)
 
     if run.best_weights.exists():
         model.load_weights(str(run.best_weights))
@@ -333,4 +361,5 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
         stopped_early=bool(early_stopping and early_stopping.stopped_epoch > 0),
         stopped_by_time_budget=bool(budget and budget.exhausted),
         resumed=resumed,
+        gradient_health=gradient_health,
     )

@@ -2,7 +2,8 @@
 
 Each pipeline adds its data flags; the model, optimiser and training flags
 are declared once here and turned into the dataclasses of `model.config`.
-`run_main` turns a `UsageError` into one line on stderr and exit status 2.
+`run_main` turns a `UsageError` into one line on stderr and exit status 2,
+and a diverged training run (NaN or Inf) into its diagnosis and status 1.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from model.config import CELLS, LR_SCHEDULES, ModelConfig, OptimizerConfig, TrainingConfig, UsageError
+from model.config import (CELLS, LR_SCHEDULES, ModelConfig, MonitorConfig, OptimizerConfig, TrainingConfig,
+                          TrainingDiverged, UsageError)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -48,6 +50,8 @@ def add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    """Epochs, batches, early stopping, time budget, run directory and the gradient monitor."""
+    add_monitor_flags(parser)
     group = parser.add_argument_group("training")
     group.add_argument("--epochs", type=int, default=10)
     group.add_argument("--batch-size", type=int, default=64)
@@ -60,6 +64,38 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--runs-dir", default="runs", help="parent of run directories")
     group.add_argument("--run-id", default=None,
                        help="run directory name; reuse an interrupted run's id to resume it")
+
+
+def add_monitor_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = MonitorConfig()
+    group = parser.add_argument_group("gradient health (monitored at every step by default)")
+    group.add_argument("--no-grad-monitor", action="store_true", help="turn the gradient monitor off")
+    group.add_argument("--grad-every", type=int, default=defaults.every,
+                       help="keep the gradient measurements of every N-th step (NaN is checked at every step)")
+    group.add_argument("--exploding-norm", type=float, default=defaults.exploding_norm,
+                       help="pre-clipping gradient norm that counts as large (default %(default)s)")
+    group.add_argument("--exploding-share", type=float, default=defaults.exploding_share,
+                       help="warn of exploding gradients when this share of recent steps is large")
+    group.add_argument("--weight-growth", type=float, default=defaults.weight_growth,
+                       help="warn when a recurrent kernel's norm grows by more than this factor")
+    group.add_argument("--vanishing-ratio", type=float, default=defaults.vanishing_ratio,
+                       help="warn of vanishing gradients when the first recurrent layer's gradient is below "
+                            "this fraction of the output layer's (and the loss is flat)")
+    group.add_argument("--vanishing-floor", type=float, default=defaults.vanishing_floor,
+                       help="...or below this absolute norm")
+    group.add_argument("--vanishing-time-ratio", type=float, default=defaults.vanishing_time_ratio,
+                       help="...or when the last step's gradient reaching the first step of a sequence is "
+                            "below this fraction of the last step's")
+    group.add_argument("--flat-loss", type=float, default=defaults.flat_loss,
+                       help="a loss that improved by less than this fraction counts as flat")
+
+
+def monitor_config(args: argparse.Namespace) -> MonitorConfig:
+    return MonitorConfig(
+        enabled=not args.no_grad_monitor, every=args.grad_every, exploding_norm=args.exploding_norm,
+        exploding_share=args.exploding_share, weight_growth=args.weight_growth,
+        vanishing_ratio=args.vanishing_ratio, vanishing_floor=args.vanishing_floor,
+        vanishing_time_ratio=args.vanishing_time_ratio, flat_loss=args.flat_loss)
 
 
 def model_config(args: argparse.Namespace, **extra) -> ModelConfig:
@@ -85,7 +121,7 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
     config = TrainingConfig(
         epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
         patience=args.patience, time_budget_minutes=args.time_budget_minutes, seed=args.seed,
-        runs_dir=args.runs_dir, run_id=args.run_id)
+        runs_dir=args.runs_dir, run_id=args.run_id, monitor=monitor_config(args))
     config.validate()
     return config
 
@@ -116,3 +152,6 @@ def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequ
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1

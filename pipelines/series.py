@@ -188,7 +188,7 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
     """
     import keras
 
-    from model import training
+    from model import through_time, training
     from model.series_export import export_series_model
     from model.series_model import (build_next_value_model, compile_next_value_model, fit_scaling,
                                     price_scaling)
@@ -213,7 +213,10 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
     optimizer = training.make_run_optimizer(optimizer_config, training_config, steps_per_epoch)
     compile_next_value_model(model, optimizer, forecast.loss, forecast.quantiles)
     run = training.RunDirectory.open(training_config.runs_dir, training_config.run_id, Path(output).name)
-    result = training.train(model, train_data, val_data, run, training_config, optimizer_config, extra_callbacks)
+    probe_x, probe_y = next(iter(val_data))  # the monitor's through-time check reads these windows
+    probe = (probe_x[:16], through_time.compiled_loss(model, probe_y[:16]))
+    result = training.train(model, train_data, val_data, run, training_config, optimizer_config, extra_callbacks,
+                            probe)
 
     calibration = None
     if len(forecast.quantiles) >= 2:
@@ -254,7 +257,8 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
         "timed_steps": result.timed_steps,
         "train_seconds": result.train_seconds, "wall_seconds": result.wall_seconds,
         "stopped_early": result.stopped_early, "stopped_by_time_budget": result.stopped_by_time_budget,
-        "resumed": result.resumed, "parameters": int(model.count_params()),
+        "resumed": result.resumed,
+        "gradient_health": result.gradient_health, "parameters": int(model.count_params()),
         "evaluation": evaluation, "export_path": str(version_dir),
     }
     run.write_summary(summary)

@@ -86,7 +86,7 @@ def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config
     """
     import keras
 
-    from model import builders, training
+    from model import builders, through_time, training
     from model.text_export import export_text_model
     from model.vocabulary import id_space_size
     from pipelines.text_data import make_dataset, window_count
@@ -101,8 +101,10 @@ def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config
     optimizer = training.make_run_optimizer(optimizer_config, training_config, steps_per_epoch)
     builders.compile_next_token_model(model, optimizer)
 
+    probe_x, probe_y = next(iter(val_data))  # the monitor's through-time check reads these sequences
+    probe = (probe_x[:16], through_time.next_token_loss(probe_y[:16, -1]))
     result = training.train(model, train_data, val_data, run, training_config, optimizer_config,
-                            extra_callbacks)
+                            extra_callbacks, probe)
     val_nats = float(model.evaluate(val_data, verbose=0))
     version_dir = export_text_model(
         model, output, data.vocabulary, data.token_level, data.unigram_counts, seq_len,
@@ -126,7 +128,7 @@ def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config
         "token_unit": data.token_level,
         "val_loss_nats_per_token": val_nats,
         "val_bits_per_token": val_nats / math.log(2),
-        "val_perplexity": math.exp(val_nats),
+        "val_perplexity": math.exp(val_nats) if val_nats < 700 else math.inf,
         "epochs_run": result.epochs_run,
         "steps": result.steps,
         "train_seconds": result.train_seconds,
@@ -135,6 +137,7 @@ def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config
         "stopped_early": result.stopped_early,
         "stopped_by_time_budget": result.stopped_by_time_budget,
         "resumed": result.resumed,
+        "gradient_health": result.gradient_health,
         "export_path": str(version_dir),
     }
     run.write_summary(summary)

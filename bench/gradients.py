@@ -1,0 +1,145 @@
+"""Benchmarks of gradient health: the monitor's cost, and the demonstration experiments.
+
+    python -m bench.gradients                 # about 20 minutes on 2 cores
+    python -m bench.gradients --only overhead
+
+- overhead: training steps per second with the gradient monitor (the
+  `MonitoredModel` step and its callback) against Keras's own training step
+  on the same model and batches, interleaved in the same process. Target: the
+  monitor costs at most 10% of step time.
+- adding: the adding-problem grid, cell x T in {10, 50, 100, 200} x clipnorm
+  1.0 or none, one seed, a fixed step budget; and the exploding case (a
+  SimpleRNN whose recurrent kernel has spectral radius 3, clipped or not).
+- through-time: the gradient of the last step's loss at every step for fresh
+  SimpleRNN, LSTM and GRU models, T = 200, plotted for the README.
+
+Results: `bench/results/gradients_<name>.json` (and `.md`, `.png`); the
+README's tables are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bench.text import RESULTS, environment  # noqa: E402
+from model import builders  # noqa: E402
+from model.config import ModelConfig, MonitorConfig, OptimizerConfig  # noqa: E402
+from model.gradient_monitor import GradientMonitor  # noqa: E402
+from pipelines import gradients  # noqa: E402
+from pipelines.adding_problem import markdown_table, train_adding  # noqa: E402
+
+GRID_CELLS = ("simple_rnn", "lstm", "gru")
+GRID_LENGTHS = (10, 50, 100, 200)
+GRID_STEPS = 1500
+
+
+def save(name: str, result: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"gradients_{name}.json").write_text(
+        json.dumps({"benchmark": name, "environment": environment(), **result}, indent=2) + "\n")
+
+
+def steps_per_second(model_config: ModelConfig, monitored: bool, steps: int, batch: int = 64,
+                     seq_len: int = 100, vocab: int = 67) -> float:
+    """Steady-state training steps/s of a next-token model, with or without the monitor."""
+    keras.utils.set_random_seed(0)
+    model = builders.build_next_token_model(vocab, model_config)
+    model.monitor_gradients = monitored
+    builders.compile_next_token_model(model, builders.make_optimizer(OptimizerConfig()))
+    rng = np.random.default_rng(0)
+    x = rng.integers(2, vocab, size=(batch * steps, seq_len)).astype(np.int32)
+    y = np.roll(x, -1, axis=1)
+    callbacks = [GradientMonitor(MonitorConfig(), verbose=False)] if monitored else []
+    model.fit(x[:2 * batch], y[:2 * batch], batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)  # trace
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)
+    return steps / (time.perf_counter() - start)
+
+
+def bench_overhead(repeats: int = 3) -> dict:
+    rows = []
+    for name, config, steps in (("LSTM-256, seq-len 100, batch 64", ModelConfig("lstm", 256), 40),
+                                ("GRU-64x2, seq-len 100, batch 64", ModelConfig("gru", 64, layers=2), 80)):
+        on, off = [], []
+        for _ in range(repeats):  # interleaved: both see the same machine state
+            off.append(steps_per_second(config, False, steps))
+            on.append(steps_per_second(config, True, steps))
+        ratio = statistics.median(on) / statistics.median(off)
+        rows.append({"model": name, "steps_per_second_monitor_off": statistics.median(off),
+                     "steps_per_second_monitor_on": statistics.median(on),
+                     "overhead": 1.0 - ratio, "target_overhead": 0.10})
+        print(f"{name}: {statistics.median(off):.1f} steps/s plain, {statistics.median(on):.1f} monitored: "
+              f"overhead {1 - ratio:.1%}", flush=True)
+    result = {"rows": rows}
+    save("overhead", result)
+    return result
+
+
+def bench_adding(train_steps: int) -> dict:
+    start = time.perf_counter()
+    results = []
+    for cell in GRID_CELLS:
+        for steps in GRID_LENGTHS:
+            for clip in ("clipnorm", "none"):
+                result, _, _ = train_adding(cell, steps, clip, train_steps)
+                print(f"{cell:10s} T={steps:<4d} {clip:9s}: test MSE {result.final_test_mse:.4f}, solved at "
+                      f"{result.steps_to_solve}, {result.seconds:.0f} s", flush=True)
+                results.append(result)
+    grid_seconds = time.perf_counter() - start
+    exploding = []
+    for clip in ("clipnorm", "none"):
+        result, monitor, _ = train_adding("simple_rnn", 50, clip, 300, learning_rate=1e-2, recurrent_scale=3.0)
+        norms = [row["grad_norm"] for row in monitor.rows]
+        exploding.append({**result.as_row(), "median_grad_norm": float(np.median(norms)),
+                          "max_grad_norm": float(np.max(norms)), "findings": [f.message for f in monitor.findings]})
+    table = markdown_table(results)
+    (RESULTS / "gradients_adding.md").write_text(table + "\n")
+    result = {"train_steps": train_steps, "grid_seconds": grid_seconds, "target_grid_seconds": 1200,
+              "rows": [r.as_row() for r in results], "table": table, "exploding": exploding}
+    save("adding", result)
+    print("\n" + table)
+    return result
+
+
+def bench_through_time() -> dict:
+    from model.through_time import fit_decay
+
+    curves = gradients.fresh_through_time("series", GRID_CELLS, units=64, seq_len=200, batch=32, seed=0)
+    plot = gradients.plot_through_time(curves, "gradient through time at initialisation, T = 200, 64 units",
+                                       RESULTS / "gradients_through_time.png")
+    fits = {name: fit_decay(curve) for name, curve in curves.items()}
+    lines = [fit.describe(name) for name, fit in fits.items()]
+    print("\n".join(lines))
+    result = {"plot": plot, "lines": lines,
+              "factor_per_step": {name: fit.factor_per_step for name, fit in fits.items()}}
+    save("through_time", result)
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.gradients", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="overhead,through-time,adding")
+    parser.add_argument("--train-steps", type=int, default=GRID_STEPS)
+    args = parser.parse_args(argv)
+    chosen = set(args.only.split(","))
+    if "overhead" in chosen:
+        bench_overhead()
+    if "through-time" in chosen:
+        bench_through_time()
+    if "adding" in chosen:
+        bench_adding(args.train_steps)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

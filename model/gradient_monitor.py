@@ -1,0 +1,295 @@
+"""Watching gradients while a model trains: the training step and its callback.
+
+Keras's training step computes the gradients, hands them to the optimiser
+(which clips them) and throws them away; its TensorBoard callback logs none.
+`MonitoredModel` is a Keras model whose training step also measures, at every
+step and inside the compiled graph:
+
+- the global gradient norm before clipping, and after clipping exactly as the
+  optimiser clips (`clipnorm`, `global_clipnorm`, `clipvalue` or none);
+- the norm of every trainable variable's gradient and of the variable itself;
+- whether the loss and the gradients are finite. A non-finite step is not
+  applied: the weights stay those of the last good step.
+
+All of it goes into one small vector that `GradientMonitor`, a Keras callback,
+reads after each step: it keeps one row every `every` steps (for the CSV file,
+TensorBoard and the plots of `python -m pipelines.gradients report`), adds
+epoch summaries to the logs (so the CSV history has them), runs the detectors
+of `model/gradient_health.py` at every epoch end and stops training at the
+first non-finite step with a diagnosis naming the layer where it started.
+
+Variables are labelled `<layer>/<part>`; a recurrent layer's `kernel` is called
+`input_kernel` (W_xh) to set it apart from its `recurrent_kernel` (W_hh).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model import gradient_health, through_time
+from model.config import MonitorConfig
+
+# Layout of the vector written at each step: these fields, then one gradient
+# norm per variable, then one weight norm per variable.
+STEP_FIELDS = ("loss", "grad_norm", "grad_norm_clipped", "finite")
+
+
+def clip_like_optimizer(optimizer: keras.optimizers.Optimizer, grads: list[tf.Tensor]) -> list[tf.Tensor]:
+    """The gradients as the optimiser will see them after its own clipping.
+
+    Args:
+        optimizer: A Keras optimiser; its `clipnorm`, `global_clipnorm` or
+            `clipvalue` (at most one is set) decides.
+        grads: Dense gradients.
+
+    Returns:
+        The clipped gradients (the same list when the optimiser does not clip).
+    """
+    if optimizer.clipnorm:
+        return [tf.clip_by_norm(g, optimizer.clipnorm) for g in grads]
+    if optimizer.global_clipnorm:
+        return tf.clip_by_global_norm(grads, optimizer.global_clipnorm)[0]
+    if optimizer.clipvalue:
+        return [tf.clip_by_value(g, -optimizer.clipvalue, optimizer.clipvalue) for g in grads]
+    return grads
+
+
+def recurrent_layer_names(model: keras.Model) -> list[str]:
+    """Names of the model's recurrent layers (plain or `Bidirectional`), in order."""
+    return [layer.name for layer in model.layers
+            if isinstance(layer, (keras.layers.RNN, keras.layers.Bidirectional))]
+
+
+def variable_label(variable: keras.Variable, recurrent_layers: set[str]) -> str:
+    """`<layer>/<part>` for a trainable variable, e.g. `lstm_0/recurrent_kernel`.
+
+    A `Bidirectional` layer's variables keep their direction:
+    `bidirectional_0/forward_lstm_0/input_kernel`.
+    """
+    parts = variable.path.split("/")
+    parts = [p for p in parts[:-1] if not p.endswith("_cell")] + parts[-1:]
+    if parts[0] in recurrent_layers and parts[-1] == "kernel":
+        parts[-1] = "input_kernel"
+    return "/".join(parts)
+
+
+class MonitoredModel(keras.Model):
+    """A Keras functional model whose training step measures its gradients.
+
+    Built like any functional model, `MonitoredModel(inputs, outputs)`. Set
+    `monitor_gradients = False` before `fit` for Keras's own training step
+    (the baseline of the overhead benchmark).
+    """
+
+    monitor_gradients = True
+
+    def gradient_labels(self) -> list[str]:
+        """One `<layer>/<part>` label per trainable variable, in the order of the step vector."""
+        recurrent = set(recurrent_layer_names(self))
+        return [variable_label(v, recurrent) for v in self.trainable_variables]
+
+    @property
+    def gradient_record(self) -> tf.Variable:
+        """The vector the last training step wrote: `STEP_FIELDS`, gradient norms, weight norms."""
+        record = self.__dict__.get("_gradient_record")
+        if record is None:
+            size = len(STEP_FIELDS) + 2 * len(self.trainable_variables)
+            with tf.init_scope():  # created eagerly even when first asked for inside the traced step
+                record = tf.Variable(tf.zeros([size]), trainable=False, name="gradient_record")
+            # Kept out of Keras's tracking: it is not a weight and is never saved.
+            object.__setattr__(self, "_gradient_record", record)
+        return record
+
+    def train_step(self, data):
+        if not self.monitor_gradients:
+            return super().train_step(data)
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+        variables = self.trainable_variables
+        # Embedding gradients arrive as IndexedSlices; densifying sums repeated rows, as the update does.
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
+        grad_norms = tf.stack([tf.norm(g) for g in grads])
+        grad_norm = tf.norm(grad_norms)
+        clipped_norm = tf.linalg.global_norm(clip_like_optimizer(self.optimizer, grads))
+        finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(grad_norms)), tf.math.is_finite(loss))
+        # A non-finite step is skipped, as Keras's LossScaleOptimizer skips one.
+        tf.cond(finite, lambda: self.optimizer.apply(grads, variables), lambda: None)
+        weight_norms = tf.stack([tf.norm(v) for v in variables])
+        head = tf.stack([loss, grad_norm, clipped_norm, tf.cast(finite, tf.float32)])
+        self.gradient_record.assign(tf.concat([head, grad_norms, weight_norms], axis=0))
+
+        for metric in self.metrics:
+            if metric.name == "loss":
+                metric.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
+        return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
+
+
+class GradientMonitor(keras.callbacks.Callback):
+    """Reads the step measurements, keeps rows, runs the detectors, stops on NaN.
+
+    Args:
+        config: Sampling interval and detector thresholds.
+        run_path: Where `gradients.csv`, `gradient_layers.json` and the
+            TensorBoard scalars (`tensorboard/gradients`) go; None keeps
+            everything in memory (experiments, tests).
+        verbose: Print each warning when it is first raised.
+        probe: `(inputs, last_step_loss)`: a few training sequences and the
+            loss of their last step (see `model.through_time`). At each epoch
+            end the gradient reaching their first step is measured, relative
+            to the last step's: the through-time sign of vanishing gradients.
+
+    Attributes:
+        rows: The kept measurements, one dict per kept step.
+        through_time: Per epoch, `{"epoch", "first_to_last", "factor_per_step"}`.
+        findings: What the detectors find now (`gradient_health.Finding`):
+            after training, the verdict on the whole run.
+        warned: Every warning printed during training, including ones that
+            no longer hold (an LSTM's gradients look vanished until it learns).
+        diagnosis: Set when a non-finite step stopped training.
+    """
+
+    def __init__(self, config: MonitorConfig, run_path: Optional[Path] = None, verbose: bool = True,
+                 probe: Optional[tuple[Any, Callable[[tf.Tensor], tf.Tensor]]] = None):
+        super().__init__()
+        self.config = config
+        self.run_path = Path(run_path) if run_path else None
+        self.verbose = verbose
+        self.probe = probe
+        self.through_time: list[dict[str, float]] = []
+        self.rows: list[dict[str, float]] = []
+        self.findings: list[gradient_health.Finding] = []
+        self.warned: list[gradient_health.Finding] = []
+        self.diagnosis: Optional[str] = None
+        self._unwritten = 0
+        self._epoch = 0
+        self._epoch_norms: list[float] = []
+        self._epoch_clipped = 0
+        self._steps_seen = 0
+        self._writer = None
+
+    # -- set-up --------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        if not isinstance(self.model, MonitoredModel):
+            raise TypeError("GradientMonitor needs a model built as model.gradient_monitor.MonitoredModel")
+        self.labels = self.model.gradient_labels()
+        self.layers = gradient_health.layer_groups(self.labels, recurrent_layer_names(self.model))
+        self.initial_weight_norms = {label: float(np.linalg.norm(v.numpy()))
+                                     for label, v in zip(self.labels, self.model.trainable_variables)}
+        self._first_step = int(self.model.optimizer.iterations.numpy())  # > 0 when resuming
+        if self.run_path:
+            (self.run_path / "gradient_layers.json").write_text(json.dumps(
+                {"layers": self.layers, "labels": self.labels,
+                 "initial_weight_norms": self.initial_weight_norms}, indent=2) + "\n")
+            self._writer = tf.summary.create_file_writer(str(self.run_path / "tensorboard" / "gradients"))
+
+    # -- every step ----------------------------------------------------------
+    def on_train_batch_end(self, batch, logs=None):
+        record = self.model.gradient_record.numpy()
+        self._steps_seen += 1
+        step = self._first_step + self._steps_seen
+        n = len(self.labels)
+        loss, grad_norm, clipped_norm, finite = (float(v) for v in record[:len(STEP_FIELDS)])
+        grads = record[len(STEP_FIELDS):len(STEP_FIELDS) + n]
+        weights = record[len(STEP_FIELDS) + n:]
+        if not finite:
+            self._stop_on_non_finite(step, loss, grads)
+            return
+        self._epoch_norms.append(grad_norm)
+        self._epoch_clipped += clipped_norm < grad_norm * (1 - 1e-6)
+        if step % self.config.every == 0 or self._steps_seen == 1:
+            row = {"step": step, "epoch": self._epoch, "loss": loss, "grad_norm": grad_norm,
+                   "grad_norm_clipped": clipped_norm}
+            row.update({f"grad/{label}": float(g) for label, g in zip(self.labels, grads)})
+            row.update({f"weight/{label}": float(w) for label, w in zip(self.labels, weights)})
+            self.rows.append(row)
+            self._unwritten += 1
+
+    def _stop_on_non_finite(self, step: int, loss: float, grads: np.ndarray) -> None:
+        first_bad = next((label for label, g in zip(self.labels, grads) if not math.isfinite(g)), None)
+        where = (f"the gradient of {first_bad} went non-finite first" if first_bad
+                 else f"the loss is {loss} while every gradient is finite")
+        optimizer = self.model.optimizer
+        clipping = optimizer.clipnorm or optimizer.global_clipnorm or optimizer.clipvalue
+        remedy = ("lower --learning-rate (clipping is on already), or use --cell lstm/gru" if clipping else
+                  "turn gradient clipping on (--clipnorm 1.0), lower --learning-rate, or use --cell lstm/gru")
+        self.diagnosis = (f"training diverged at step {step} (epoch {self._epoch + 1}): {where}; "
+                          f"the step was not applied and training stopped. Remedy: {remedy}")
+        self.findings.append(gradient_health.Finding(
+            "non_finite", self.diagnosis, {"step": step, "loss": loss, "first_non_finite": first_bad}))
+        self.warned.append(self.findings[-1])
+        if self.verbose:
+            print(f"\nerror: {self.diagnosis}")
+        self.model.stop_training = True
+
+    # -- epoch and run ends ----------------------------------------------------
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self._epoch_norms:
+            logs["grad_norm"] = float(np.mean(self._epoch_norms))
+            logs["grad_norm_max"] = float(np.max(self._epoch_norms))
+            logs["clipped_share"] = self._epoch_clipped / len(self._epoch_norms)
+        self._epoch_norms, self._epoch_clipped = [], 0
+        self._measure_through_time(epoch, logs)
+        self._epoch = epoch + 1
+        self._check()
+        self._flush()
+
+    def on_train_end(self, logs=None):
+        self._check()
+        self._flush()
+
+    def _measure_through_time(self, epoch: int, logs: Optional[dict]) -> None:
+        if self.probe is None or self.diagnosis:
+            return
+        curve = through_time.gradient_through_time(self.model, *self.probe)
+        fit = through_time.fit_decay(curve)
+        self.through_time.append({"epoch": epoch, "first_to_last": fit.first_to_last,
+                                  "factor_per_step": fit.factor_per_step})
+        if logs is not None:
+            logs["grad_first_step_ratio"] = fit.first_to_last
+
+    def _check(self) -> None:
+        if self.diagnosis or not self.rows:
+            return
+        latest = self.through_time[-1] if self.through_time else None
+        self.findings = gradient_health.diagnose(self.rows, self.layers, self.initial_weight_norms, self.config,
+                                                 latest)
+        for finding in self.findings:
+            if finding.kind not in {f.kind for f in self.warned}:  # each kind of warning is printed once
+                self.warned.append(finding)
+                if self.verbose:
+                    print(f"\nwarning: {finding.message}")
+
+    def _flush(self) -> None:
+        """Append the rows kept since the last flush to gradients.csv and TensorBoard."""
+        if not self.run_path or not self._unwritten:
+            return
+        fresh = self.rows[-self._unwritten:]
+        path = self.run_path / "gradients.csv"
+        new_file = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(fresh[0]))
+            if new_file:
+                writer.writeheader()
+            writer.writerows(fresh)
+        with self._writer.as_default():
+            for row in fresh:
+                for key, value in row.items():
+                    if key not in ("step", "epoch"):
+                        tf.summary.scalar(key, value, step=int(row["step"]))
+        self._writer.flush()
+        self._unwritten = 0
+
+    def summary(self) -> dict[str, Any]:
+        """What goes into summary.json: norms, clipping share and the findings."""
+        return gradient_health.summarize(self.rows, self.layers, self.initial_weight_norms,
+                                         self.findings, self.diagnosis, self.through_time, self.warned)
