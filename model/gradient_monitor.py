@@ -7,12 +7,14 @@ step and inside the compiled graph:
 
 - the global gradient norm before clipping, and after clipping exactly as the
   optimiser clips (`clipnorm`, `global_clipnorm`, `clipvalue` or none);
-- the norm of every trainable variable's gradient and of the variable itself;
+- the norm of every trainable variable's gradient;
 - whether the loss and the gradients are finite. A non-finite step is not
   applied: the weights stay those of the last good step.
 
 All of it goes into one small vector that `GradientMonitor`, a Keras callback,
-reads after each step: it keeps one row every `every` steps (for the CSV file,
+reads after each step: it keeps one row every `every` steps, with the norm of
+each weight read after the step (in the graph, reading the weights next to
+their update costs a copy of every kernel: a 50% slower step for an LSTM-256) (for the CSV file,
 TensorBoard and the plots of `python -m pipelines.gradients report`), adds
 epoch summaries to the logs (so the CSV history has them), runs the detectors
 of `model/gradient_health.py` at every epoch end and stops training at the
@@ -38,7 +40,7 @@ from model import gradient_health, through_time
 from model.config import MonitorConfig
 
 # Layout of the vector written at each step: these fields, then one gradient
-# norm per variable, then one weight norm per variable.
+# norm per variable.
 STEP_FIELDS = ("loss", "grad_norm", "grad_norm_clipped", "finite")
 
 
@@ -98,10 +100,10 @@ class MonitoredModel(keras.Model):
 
     @property
     def gradient_record(self) -> tf.Variable:
-        """The vector the last training step wrote: `STEP_FIELDS`, gradient norms, weight norms."""
+        """The vector the last training step wrote: `STEP_FIELDS`, then one gradient norm per variable."""
         record = self.__dict__.get("_gradient_record")
         if record is None:
-            size = len(STEP_FIELDS) + 2 * len(self.trainable_variables)
+            size = len(STEP_FIELDS) + len(self.trainable_variables)
             with tf.init_scope():  # created eagerly even when first asked for inside the traced step
                 record = tf.Variable(tf.zeros([size]), trainable=False, name="gradient_record")
             # Kept out of Keras's tracking: it is not a weight and is never saved.
@@ -124,9 +126,8 @@ class MonitoredModel(keras.Model):
         finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(grad_norms)), tf.math.is_finite(loss))
         # A non-finite step is skipped, as Keras's LossScaleOptimizer skips one.
         tf.cond(finite, lambda: self.optimizer.apply(grads, variables), lambda: None)
-        weight_norms = tf.stack([tf.norm(v) for v in variables])
         head = tf.stack([loss, grad_norm, clipped_norm, tf.cast(finite, tf.float32)])
-        self.gradient_record.assign(tf.concat([head, grad_norms, weight_norms], axis=0))
+        self.gradient_record.assign(tf.concat([head, grad_norms], axis=0))
 
         for metric in self.metrics:
             if metric.name == "loss":
@@ -200,7 +201,6 @@ class GradientMonitor(keras.callbacks.Callback):
         n = len(self.labels)
         loss, grad_norm, clipped_norm, finite = (float(v) for v in record[:len(STEP_FIELDS)])
         grads = record[len(STEP_FIELDS):len(STEP_FIELDS) + n]
-        weights = record[len(STEP_FIELDS) + n:]
         if not finite:
             self._stop_on_non_finite(step, loss, grads)
             return
@@ -210,7 +210,8 @@ class GradientMonitor(keras.callbacks.Callback):
             row = {"step": step, "epoch": self._epoch, "loss": loss, "grad_norm": grad_norm,
                    "grad_norm_clipped": clipped_norm}
             row.update({f"grad/{label}": float(g) for label, g in zip(self.labels, grads)})
-            row.update({f"weight/{label}": float(w) for label, w in zip(self.labels, weights)})
+            row.update({f"weight/{label}": float(tf.norm(v))
+                        for label, v in zip(self.labels, self.model.trainable_variables)})
             self.rows.append(row)
             self._unwritten += 1
 

@@ -46,7 +46,8 @@ def split_at_first_recurrent(model: keras.Model) -> tuple[keras.Model, list[kera
         if isinstance(layer.input, (list, tuple)):
             break
         chain.append(layer)
-    front = keras.Model(model.inputs, model.layers[first].input)
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs  # called with a tensor, not a list
+    front = keras.Model(inputs, model.layers[first].input)
     return front, chain
 
 

@@ -110,7 +110,8 @@ class AddingResult:
 def train_adding(cell: str, steps: int, clip: str = "clipnorm", train_steps: int = 2000, seed: int = 0,
                  learning_rate: Optional[float] = None, units: int = 64, batch: int = 64,
                  eval_every: int = 100, recurrent_scale: Optional[float] = None,
-                 input_scale: Optional[float] = None, test_size: int = 1000) -> tuple[AddingResult, GradientMonitor, keras.Model]:
+                 input_scale: Optional[float] = None, test_size: int = 1000,
+                 optimizer: str = "adam") -> tuple[AddingResult, GradientMonitor, keras.Model]:
     """Train one configuration on fresh batches; test on a fixed held-out set.
 
     Args:
@@ -126,6 +127,10 @@ def train_adding(cell: str, steps: int, clip: str = "clipnorm", train_steps: int
         recurrent_scale: See `build_adding_model`.
         input_scale: See `build_adding_model`.
         test_size: Held-out sequences.
+        optimizer: `"adam"` (the project's default) or `"sgd"`. Adam divides
+            each step by a running gradient scale, so a gradient 1,000 times
+            too large moves it little more than a normal one; plain SGD steps by
+            the gradient itself, which is where clipping matters most.
 
     Returns:
         `(result, monitor, model)`.
@@ -135,8 +140,12 @@ def train_adding(cell: str, steps: int, clip: str = "clipnorm", train_steps: int
     keras.utils.set_random_seed(seed)
     learning_rate = learning_rate or LEARNING_RATES[cell]
     model = build_adding_model(cell, units, steps, recurrent_scale, input_scale)
-    model.compile(optimizer=builders.make_optimizer(OptimizerConfig(learning_rate=learning_rate, clip=clip)),
-                  loss="mse")
+    if optimizer == "sgd":  # plain gradient descent: its step is the gradient itself, as in Pascanu et al. 2013
+        clipping = {} if clip == "none" else {clip: 1.0}
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate, **clipping), loss="mse")
+    else:
+        model.compile(optimizer=builders.make_optimizer(OptimizerConfig(learning_rate=learning_rate, clip=clip)),
+                      loss="mse")
     test = adding_batch(tf.constant([seed, -1], tf.int64), test_size, steps)
     probe = (test[0][:16], through_time.next_value_loss(test[1][:16]))
     monitor = GradientMonitor(MonitorConfig(), verbose=False, probe=probe)

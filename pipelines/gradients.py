@@ -316,27 +316,36 @@ def adding_command(args: argparse.Namespace) -> dict[str, Any]:
     return {"results": [r.as_row() for r in results], "table": table}
 
 
+def exploding_rows(radius: float, seq_len: int, train_steps: int, learning_rate: float) -> list[dict[str, Any]]:
+    """A SimpleRNN whose recurrent kernel has spectral radius `radius`, trained with Adam and with plain
+    SGD, each with clipnorm 1.0 and without: the figures of the exploding-gradient demonstration."""
+    from pipelines.adding_problem import train_adding
+
+    rows = []
+    for optimizer in ("adam", "sgd"):
+        for clip in ("clipnorm", "none"):
+            result, monitor, _ = train_adding("simple_rnn", seq_len, clip, train_steps, seed=0,
+                                              learning_rate=learning_rate, recurrent_scale=radius,
+                                              eval_every=min(100, train_steps), optimizer=optimizer)
+            norms = [row["grad_norm"] for row in monitor.rows]
+            kernel = "simple_rnn_0/recurrent_kernel"
+            growth = monitor.rows[-1][f"weight/{kernel}"] / monitor.initial_weight_norms[kernel] if norms else None
+            rows.append({**result.as_row(), "optimizer": optimizer,
+                         "median_grad_norm": float(np.median(norms)) if norms else None,
+                         "max_grad_norm": float(np.max(norms)) if norms else None,
+                         "recurrent_kernel_growth": growth, "findings": [f.message for f in monitor.findings]})
+            print(f"SimpleRNN, radius {radius:g}, T={seq_len}, {optimizer} {clip}: test MSE {result.final_test_mse:.4g}; "
+                  f"pre-clip norm median {rows[-1]['median_grad_norm']:.3g}, max {rows[-1]['max_grad_norm']:.3g}, "
+                  f"> 1.0 on {result.share_above_1:.0%} of steps; W_hh x{growth:.2f}; diverged: {result.diverged}; "
+                  f"monitor: {result.verdict}", flush=True)
+    return rows
+
+
 def exploding_command(args: argparse.Namespace) -> dict[str, Any]:
     require_positive(train_steps=args.train_steps)
     if not args.radius > 0 or args.seq_len < 2:
         raise UsageError(f"--radius must be > 0 and --seq-len >= 2, got {args.radius} and {args.seq_len}")
-    from pipelines.adding_problem import train_adding
-
-    rows = []
-    for clip in ("clipnorm", "none"):
-        result, monitor, _ = train_adding("simple_rnn", args.seq_len, clip, args.train_steps, seed=0,
-                                          learning_rate=args.learning_rate, recurrent_scale=args.radius,
-                                          eval_every=min(100, args.train_steps))
-        norms = [row["grad_norm"] for row in monitor.rows]
-        rows.append({**result.as_row(), "median_grad_norm": float(np.median(norms)) if norms else None,
-                     "max_grad_norm": float(np.max(norms)) if norms else None,
-                     "findings": [f.message for f in monitor.findings]})
-        print(f"SimpleRNN, spectral radius {args.radius:g}, T={args.seq_len}, {clip}: test MSE "
-              f"{result.final_test_mse:.4g}; pre-clip norm median {rows[-1]['median_grad_norm']:.3g}, "
-              f"max {rows[-1]['max_grad_norm']:.3g}; > 1.0 on {result.share_above_1:.0%} of steps; "
-              f"diverged: {result.diverged}; monitor: {result.verdict}")
-        for message in rows[-1]["findings"]:
-            print(f"  {message}")
+    rows = exploding_rows(args.radius, args.seq_len, args.train_steps, args.learning_rate)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "exploding.json").write_text(json.dumps(rows, indent=2) + "\n")

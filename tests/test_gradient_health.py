@@ -102,6 +102,16 @@ def test_a_non_finite_step_is_not_applied_and_stops_training_with_a_diagnosis():
     assert all(np.isfinite(v.numpy()).all() for v in model.trainable_variables)
 
 
+def test_the_monitor_keeps_every_nth_step_but_counts_all_of_them():
+    model = tiny_text_model("simple_rnn")
+    builders.compile_next_token_model(model, keras.optimizers.Adam(1e-3, clipnorm=1e-4))
+    x, y = token_batch(batch=40)
+    monitor = GradientMonitor(MonitorConfig(every=3), verbose=False)
+    history = model.fit(x, y, batch_size=4, epochs=1, callbacks=[monitor], verbose=0)
+    assert [row["step"] for row in monitor.rows] == [1, 3, 6, 9]  # the first step, then every third
+    assert history.history["clipped_share"] == [1.0]  # all 10 steps clipped at so small a norm
+
+
 # -- the detectors ----------------------------------------------------------------------
 def test_detectors_stay_silent_on_a_healthy_small_lstm(exported_lstm):
     summary, _ = exported_lstm
@@ -263,3 +273,15 @@ def test_through_time_of_a_trained_text_run(exported_lstm, corpus_file, capsys, 
     assert gradients.main(["through-time", "--run", summary["run_dir"], "--corpus", str(corpus_file),
                            "--batch", "4", "--out", str(tmp_path)]) == 0
     assert "LSTM (" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--grad-every", "0", "--grad-every must be a positive integer"),
+    ("--exploding-share", "1.5", "--exploding-share must be in (0, 1]"),
+    ("--vanishing-time-ratio", "2", "--vanishing-time-ratio must be in (0, 1)"),
+])
+def test_bad_monitor_flags_are_refused_by_both_pipelines(flag, value, message):
+    for pipeline in ("pipelines.text", "pipelines.series"):
+        result = subprocess.run([sys.executable, "-m", pipeline, flag, value], cwd=ROOT,
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr

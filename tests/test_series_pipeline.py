@@ -173,6 +173,19 @@ def test_quantiles_multi_step_scaled_bidirectional_with_refits(msft, tmp_path):
     out = loaded.signatures["serving_default"](window=tf.constant(msft.values[-20:][None].astype(np.float32)))
     assert out["next_value"].shape == (1, 3) and out["quantiles"].shape == (1, 3, 3)
     np.testing.assert_allclose(out["next_value"].numpy(), out["quantiles"].numpy()[:, :, 1])
+    # The gradient monitor watched the bidirectional layers too, and its through-time probe ran.
+    health = summary["gradient_health"]
+    assert "bidirectional_0/forward_gru_0/recurrent_kernel" in health["per_variable"]
+    assert len(health["through_time"]) == 2 and health["verdict"] in ("healthy", "exploding", "vanishing")
+
+
+def test_the_gradient_monitor_watches_series_training(trained):
+    health = trained["gradient_health"]
+    assert health["steps_kept"] == trained["steps"] and health["diverged"] is None
+    assert {"lstm_0/input_kernel", "lstm_0/recurrent_kernel", "lstm_0/bias", "z/kernel"} <= set(health["per_variable"])
+    # clipnorm 1.0 caps each variable's gradient, so the global norm is at most sqrt(#variables)
+    assert health["grad_norm_post_clip"]["max"] <= len(health["per_variable"]) ** 0.5 + 1e-5
+    assert all(0 <= epoch["first_to_last"] for epoch in health["through_time"])
 
 
 def test_the_export_holds_no_cudnn_op(trained):
