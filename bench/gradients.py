@@ -11,8 +11,9 @@
   1.0 or none, one seed, a fixed step budget.
 - exploding: a SimpleRNN whose recurrent kernel has spectral radius 3, trained
   with Adam and with plain SGD, each clipped or not.
-- through-time: the gradient of the last step's loss at every step for fresh
-  SimpleRNN, LSTM and GRU models, T = 200, plotted for the README.
+- through-time: the gradient of the last step's loss at every step for
+  SimpleRNN, LSTM and GRU, at initialisation (the stock model, T = 200) and
+  after learning the adding problem (T = 100), plotted for the README.
 
 Results: `bench/results/gradients_<name>.json` (and `.md`, `.png`); the
 README's tables are printed.
@@ -30,6 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 from bench.text import RESULTS, environment  # noqa: E402
 from model import builders  # noqa: E402
@@ -132,17 +134,31 @@ def bench_exploding() -> dict:
     return result
 
 
-def bench_through_time() -> dict:
-    from model.through_time import fit_decay
+def bench_through_time(train_steps: int = GRID_STEPS, seq_len: int = 100) -> dict:
+    """Through-time curves of each cell at initialisation and after learning the adding problem."""
+    from model.through_time import fit_decay, gradient_through_time, next_value_loss
+    from pipelines.adding_problem import adding_batch
 
-    curves = gradients.fresh_through_time("series", GRID_CELLS, units=64, seq_len=200, batch=32, seed=0)
-    plot = gradients.plot_through_time(curves, "gradient through time at initialisation, T = 200, 64 units",
-                                       RESULTS / "gradients_through_time.png")
-    fits = {name: fit_decay(curve) for name, curve in curves.items()}
-    lines = [fit.describe(name) for name, fit in fits.items()]
-    print("\n".join(lines))
-    result = {"plot": plot, "lines": lines,
-              "factor_per_step": {name: fit.factor_per_step for name, fit in fits.items()}}
+    fresh = gradients.fresh_through_time("series", GRID_CELLS, units=64, seq_len=200, batch=32, seed=0)
+    trained = {}
+    x, y = adding_batch(tf.constant([7, 7], tf.int64), 32, seq_len)
+    for cell in GRID_CELLS:
+        result, _, model = train_adding(cell, seq_len, "clipnorm", train_steps)
+        name = f"{gradients.CELL_NAMES[cell]} (test MSE {result.final_test_mse:.3f})"
+        trained[name] = gradient_through_time(model, x, next_value_loss(y))
+    plots = {
+        "fresh": gradients.plot_through_time(fresh, "at initialisation (stock model, random-walk prices), T = 200",
+                                             RESULTS / "gradients_through_time_fresh.png"),
+        "trained": gradients.plot_through_time(
+            trained, f"after {train_steps:,} steps on the adding problem, T = {seq_len}",
+            RESULTS / "gradients_through_time_trained.png")}
+    lines = {stage: [fit_decay(curve).describe(name) for name, curve in curves.items()]
+             for stage, curves in (("fresh", fresh), ("trained", trained))}
+    for stage, stage_lines in lines.items():
+        print(f"{stage}:\n  " + "\n  ".join(stage_lines))
+    result = {"plots": {k: str(v) for k, v in plots.items()}, "lines": lines,
+              "first_to_last": {stage: {name: float(curve[0] / curve[-1]) for name, curve in curves.items()}
+                                for stage, curves in (("fresh", fresh), ("trained", trained))}}
     save("through_time", result)
     return result
 

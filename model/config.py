@@ -122,8 +122,9 @@ class MonitorConfig:
             training step).
         every: Keep one row of measurements every this many steps (NaN and Inf
             are checked at every step regardless).
-        exploding_norm: A pre-clipping global gradient norm above this counts
-            as a large step (the textbook threshold is 1.0).
+        exploding_norm: A pre-clipping gradient norm of the recurrent layers
+            (where backpropagation through time multiplies it) above this
+            counts as a large step (the textbook threshold is 1.0).
         exploding_share: "Exploding" when at least this share of the recent
             steps is large.
         weight_growth: "Exploding" when a recurrent kernel's norm grows by more

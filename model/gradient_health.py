@@ -147,7 +147,8 @@ def check_vanishing(rows: Sequence[dict[str, float]], layers: Sequence[dict[str,
     signs = []
     if ratio < config.vanishing_ratio or median_first < config.vanishing_floor:
         signs.append(f"{first['name']}'s gradient norm is {median_first:.2e}, {ratio:.1e} of {output['name']}'s")
-    if time_ratio is not None and not time_ratio >= config.vanishing_time_ratio:  # NaN: underflowed to 0
+    # NaN: the last step's own gradient is 0, so nothing reaches back either.
+    if time_ratio is not None and not time_ratio >= config.vanishing_time_ratio:
         signs.append(f"the gradient of the last step's loss reaching the first step of a sequence is "
                      f"{time_ratio:.1e} of the last step's")
     if not signs or improvement >= config.flat_loss:

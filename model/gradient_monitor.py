@@ -8,14 +8,15 @@ step and inside the compiled graph:
 - the global gradient norm before clipping, and after clipping exactly as the
   optimiser clips (`clipnorm`, `global_clipnorm`, `clipvalue` or none);
 - the norm of every trainable variable's gradient;
-- whether the loss and the gradients are finite. A non-finite step is not
-  applied: the weights stay those of the last good step.
+- whether the loss and the gradients are finite. A step with a non-finite
+  gradient is not applied.
 
 All of it goes into one small vector that `GradientMonitor`, a Keras callback,
-reads after each step: it keeps one row every `every` steps, with the norm of
-each weight read after the step (in the graph, reading the weights next to
-their update costs a copy of every kernel: a 50% slower step for an LSTM-256) (for the CSV file,
-TensorBoard and the plots of `python -m pipelines.gradients report`), adds
+reads after each step. It reads the weights' norms itself, after the step (in
+the graph, reading the weights next to their update costs a copy of every
+kernel: a 50% slower step for an LSTM-256). It keeps one row every `every`
+steps (for the CSV file, TensorBoard and the plots of
+`python -m pipelines.gradients report`), adds
 epoch summaries to the logs (so the CSV history has them), runs the detectors
 of `model/gradient_health.py` at every epoch end and stops training at the
 first non-finite step with a diagnosis naming the layer where it started.
@@ -44,24 +45,39 @@ from model.config import MonitorConfig
 STEP_FIELDS = ("loss", "grad_norm", "grad_norm_clipped", "finite")
 
 
-def clip_like_optimizer(optimizer: keras.optimizers.Optimizer, grads: list[tf.Tensor]) -> list[tf.Tensor]:
+def clip_like_optimizer(optimizer: keras.optimizers.Optimizer, grads: list) -> list:
     """The gradients as the optimiser will see them after its own clipping.
 
     Args:
         optimizer: A Keras optimiser; its `clipnorm`, `global_clipnorm` or
             `clipvalue` (at most one is set) decides.
-        grads: Dense gradients.
+        grads: The gradients as the tape returned them (an embedding's is
+            `IndexedSlices`, clipped as the optimiser clips it: by the norm of
+            its rows before repeated rows are summed).
 
     Returns:
         The clipped gradients (the same list when the optimiser does not clip).
     """
     if optimizer.clipnorm:
-        return [tf.clip_by_norm(g, optimizer.clipnorm) for g in grads]
+        return [g if g is None else tf.clip_by_norm(g, optimizer.clipnorm) for g in grads]
     if optimizer.global_clipnorm:
         return tf.clip_by_global_norm(grads, optimizer.global_clipnorm)[0]
     if optimizer.clipvalue:
-        return [tf.clip_by_value(g, -optimizer.clipvalue, optimizer.clipvalue) for g in grads]
+        return [g if g is None else clip_values(g, optimizer.clipvalue) for g in grads]
     return grads
+
+
+def clip_values(gradient, limit: float):
+    """Elementwise clipping; an IndexedSlices' rows are clipped before repeated rows are summed, as Keras does."""
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.clip_by_value(gradient.values, -limit, limit), gradient.indices,
+                                gradient.dense_shape)
+    return tf.clip_by_value(gradient, -limit, limit)
+
+
+def dense_norm(gradient) -> tf.Tensor:
+    """The norm of a gradient as the update applies it (repeated embedding rows summed); 0 for None."""
+    return tf.constant(0.0) if gradient is None else tf.norm(tf.convert_to_tensor(gradient))
 
 
 def recurrent_layer_names(model: keras.Model) -> list[str]:
@@ -81,6 +97,14 @@ def variable_label(variable: keras.Variable, recurrent_layers: set[str]) -> str:
     if parts[0] in recurrent_layers and parts[-1] == "kernel":
         parts[-1] = "input_kernel"
     return "/".join(parts)
+
+
+def read_rows(path: Path) -> list[dict[str, float]]:
+    """The rows of a gradients.csv (none when it does not exist yet)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
 
 
 class MonitoredModel(keras.Model):
@@ -113,23 +137,24 @@ class MonitoredModel(keras.Model):
     def train_step(self, data):
         if not self.monitor_gradients:
             return super().train_step(data)
+        # Keras's own training step (keras/src/backend/tensorflow/trainer.py), plus the measurements.
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             y_pred = self(x, training=True)
             loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+            scaled_loss = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
-        # Embedding gradients arrive as IndexedSlices; densifying sums repeated rows, as the update does.
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
-        grad_norms = tf.stack([tf.norm(g) for g in grads])
+        grads = tape.gradient(scaled_loss, variables)  # handed to the optimiser unchanged
+        grad_norms = tf.stack([dense_norm(g) for g in grads])
         grad_norm = tf.norm(grad_norms)
-        clipped_norm = tf.linalg.global_norm(clip_like_optimizer(self.optimizer, grads))
+        clipped_norm = tf.norm(tf.stack([dense_norm(g) for g in clip_like_optimizer(self.optimizer, grads)]))
         finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(grad_norms)), tf.math.is_finite(loss))
         # A non-finite step is skipped, as Keras's LossScaleOptimizer skips one.
         tf.cond(finite, lambda: self.optimizer.apply(grads, variables), lambda: None)
         head = tf.stack([loss, grad_norm, clipped_norm, tf.cast(finite, tf.float32)])
         self.gradient_record.assign(tf.concat([head, grad_norms], axis=0))
 
-        for metric in self.metrics:
+        for metric in self.metrics:  # as the Keras guide "Customizing what happens in fit()" does
             if metric.name == "loss":
                 metric.update_state(loss, sample_weight=tf.shape(tf.nest.flatten(x)[0])[0])
         return self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
@@ -182,27 +207,38 @@ class GradientMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         if not isinstance(self.model, MonitoredModel):
             raise TypeError("GradientMonitor needs a model built as model.gradient_monitor.MonitoredModel")
+        if not self.model.monitor_gradients:
+            raise ValueError("GradientMonitor needs the model's monitor_gradients on: its step measures the gradients")
         self.labels = self.model.gradient_labels()
         self.layers = gradient_health.layer_groups(self.labels, recurrent_layer_names(self.model))
-        self.initial_weight_norms = {label: float(np.linalg.norm(v.numpy()))
-                                     for label, v in zip(self.labels, self.model.trainable_variables)}
         self._first_step = int(self.model.optimizer.iterations.numpy())  # > 0 when resuming
+        self._steps_seen = 0
+        layout = self.run_path / "gradient_layers.json" if self.run_path else None
+        if layout and layout.is_file():  # a resumed run: keep its start and the steps already measured
+            self.initial_weight_norms = json.loads(layout.read_text())["initial_weight_norms"]
+            self.rows = read_rows(self.run_path / "gradients.csv")
+        else:
+            self.initial_weight_norms = {label: float(np.linalg.norm(v.numpy()))
+                                         for label, v in zip(self.labels, self.model.trainable_variables)}
+            if layout:
+                layout.write_text(json.dumps({"layers": self.layers, "labels": self.labels,
+                                              "initial_weight_norms": self.initial_weight_norms}, indent=2) + "\n")
         if self.run_path:
-            (self.run_path / "gradient_layers.json").write_text(json.dumps(
-                {"layers": self.layers, "labels": self.labels,
-                 "initial_weight_norms": self.initial_weight_norms}, indent=2) + "\n")
             self._writer = tf.summary.create_file_writer(str(self.run_path / "tensorboard" / "gradients"))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch  # BackupAndRestore may start at a later epoch
 
     # -- every step ----------------------------------------------------------
     def on_train_batch_end(self, batch, logs=None):
         record = self.model.gradient_record.numpy()
         self._steps_seen += 1
         step = self._first_step + self._steps_seen
-        n = len(self.labels)
         loss, grad_norm, clipped_norm, finite = (float(v) for v in record[:len(STEP_FIELDS)])
-        grads = record[len(STEP_FIELDS):len(STEP_FIELDS) + n]
-        if not finite:
-            self._stop_on_non_finite(step, loss, grads)
+        grads = record[len(STEP_FIELDS):len(STEP_FIELDS) + len(self.labels)]
+        weights = [float(tf.norm(v)) for v in self.model.trainable_variables]
+        if not finite or (not all(map(math.isfinite, weights)) and self._non_finite_weight()):
+            self._stop_on_non_finite(step, loss, grads, weights, applied=bool(finite))
             return
         self._epoch_norms.append(grad_norm)
         self._epoch_clipped += clipped_norm < grad_norm * (1 - 1e-6)
@@ -210,23 +246,41 @@ class GradientMonitor(keras.callbacks.Callback):
             row = {"step": step, "epoch": self._epoch, "loss": loss, "grad_norm": grad_norm,
                    "grad_norm_clipped": clipped_norm}
             row.update({f"grad/{label}": float(g) for label, g in zip(self.labels, grads)})
-            row.update({f"weight/{label}": float(tf.norm(v))
-                        for label, v in zip(self.labels, self.model.trainable_variables)})
+            row.update({f"weight/{label}": w for label, w in zip(self.labels, weights)})
             self.rows.append(row)
             self._unwritten += 1
 
-    def _stop_on_non_finite(self, step: int, loss: float, grads: np.ndarray) -> None:
-        first_bad = next((label for label, g in zip(self.labels, grads) if not math.isfinite(g)), None)
-        where = (f"the gradient of {first_bad} went non-finite first" if first_bad
-                 else f"the loss is {loss} while every gradient is finite")
+    def _non_finite_weight(self) -> Optional[str]:
+        """The first variable (in model order) holding NaN or Inf; a norm can overflow on finite weights."""
+        return next((label for label, v in zip(self.labels, self.model.trainable_variables)
+                     if not bool(tf.reduce_all(tf.math.is_finite(v)))), None)
+
+    def _stop_on_non_finite(self, step: int, loss: float, grads: np.ndarray, weights: list[float],
+                            applied: bool) -> None:
+        bad_weight = self._non_finite_weight()
+        largest = max(zip(weights, self.labels))
+        if not math.isfinite(loss):
+            cause = (f"{bad_weight} holds non-finite weights" if bad_weight else
+                     "the weights are finite, so the batch holds non-finite inputs or targets, or the forward "
+                     f"pass overflowed (largest weight norm {largest[0]:.3g}, in {largest[1]})")
+            where = f"the loss is {loss}: {cause}"
+        elif not applied:
+            # Backpropagation runs from the loss to the inputs: the non-finite gradient nearest the output came first.
+            nearest_output = next(label for label, g in zip(reversed(self.labels), grads[::-1]) if not math.isfinite(g))
+            where = f"the loss is finite ({loss:.4g}) but the gradient went non-finite at {nearest_output}"
+        else:
+            where = f"this step's update left {bad_weight} non-finite"
+        outcome = ("the step was not applied and training stopped" if not applied else
+                   "training stopped; the best checkpoint so far is kept")
         optimizer = self.model.optimizer
         clipping = optimizer.clipnorm or optimizer.global_clipnorm or optimizer.clipvalue
         remedy = ("lower --learning-rate (clipping is on already), or use --cell lstm/gru" if clipping else
                   "turn gradient clipping on (--clipnorm 1.0), lower --learning-rate, or use --cell lstm/gru")
-        self.diagnosis = (f"training diverged at step {step} (epoch {self._epoch + 1}): {where}; "
-                          f"the step was not applied and training stopped. Remedy: {remedy}")
+        self.diagnosis = (f"training diverged at step {step} (epoch {self._epoch + 1}): {where}; {outcome}. "
+                          f"Remedy: {remedy}")
         self.findings.append(gradient_health.Finding(
-            "non_finite", self.diagnosis, {"step": step, "loss": loss, "first_non_finite": first_bad}))
+            "non_finite", self.diagnosis, {"step": step, "loss": loss, "non_finite_weight": bad_weight,
+                                           "largest_weight_norm": {largest[1]: largest[0]}}))
         self.warned.append(self.findings[-1])
         if self.verbose:
             print(f"\nerror: {self.diagnosis}")
@@ -240,7 +294,6 @@ class GradientMonitor(keras.callbacks.Callback):
             logs["clipped_share"] = self._epoch_clipped / len(self._epoch_norms)
         self._epoch_norms, self._epoch_clipped = [], 0
         self._measure_through_time(epoch, logs)
-        self._epoch = epoch + 1
         self._check()
         self._flush()
 
@@ -282,11 +335,17 @@ class GradientMonitor(keras.callbacks.Callback):
             if new_file:
                 writer.writeheader()
             writer.writerows(fresh)
+        # TensorBoard gets the global norms and one gradient and one weight norm per layer (each
+        # eager scalar costs about a millisecond); every variable's figures are in gradients.csv.
         with self._writer.as_default():
             for row in fresh:
-                for key, value in row.items():
-                    if key not in ("step", "epoch"):
-                        tf.summary.scalar(key, value, step=int(row["step"]))
+                step = int(row["step"])
+                for key in ("loss", "grad_norm", "grad_norm_clipped"):
+                    tf.summary.scalar(key, row[key], step=step)
+                for layer in self.layers:
+                    for kind in ("grad", "weight"):
+                        norm = math.sqrt(sum(row[f"{kind}/{label}"] ** 2 for label in layer["labels"]))
+                        tf.summary.scalar(f"{kind}_norm/{layer['name']}", norm, step=step)
         self._writer.flush()
         self._unwritten = 0
 

@@ -8,7 +8,7 @@ Backward, from the last step to the first (the chain rule, step by step):
 
     dy_t      = (softmax(y_t) − onehot(target_t)) / (B·T)
     dW_hy    += dy_tᵀ·h_t          db_y += Σ dy_t
-    dh_t      = dy_t·W_hy + dh_{t+1}·W_hh ... carried in `dh_next`
+    dh_t      = dy_t·W_hy + da_{t+1}·W_hh            (the second term carried in `dh_next`)
     da_t      = dh_t ⊙ (1 − h_t²)                    (tanh' at the pre-activation)
     dW_xh    += da_tᵀ·x_t          dW_hh += da_tᵀ·h_{t-1}          db_h += Σ da_t
     dx_t      = da_t·W_xh          dh_next = da_t·W_hh

@@ -36,6 +36,17 @@ from model.config import OptimizerConfig, TrainingConfig, TrainingDiverged, Usag
 from model.gradient_monitor import GradientMonitor
 
 
+def finite_or_null(value: Any) -> Any:
+    """A copy of nested dicts and lists with every NaN or infinite float replaced by None."""
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class RunDirectory:
     """Paths of one training run.
@@ -116,9 +127,14 @@ class RunDirectory:
         return min(losses, default=math.inf)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        """Write summary.json atomically (a reader never sees half a file)."""
+        """Write summary.json atomically (a reader never sees half a file).
+
+        NaN and infinities (a diverged loss, an overflowed ratio) are written
+        as null: the file stays strict JSON that any tool can read.
+        """
         temporary = self.summary_json.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+        temporary.write_text(json.dumps(finite_or_null(summary), indent=2, sort_keys=True, default=str,
+                                        allow_nan=False) + "\n")
         os.replace(temporary, self.summary_json)
 
 

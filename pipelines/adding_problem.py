@@ -150,9 +150,10 @@ def train_adding(cell: str, steps: int, clip: str = "clipnorm", train_steps: int
     probe = (test[0][:16], through_time.next_value_loss(test[1][:16]))
     monitor = GradientMonitor(MonitorConfig(), verbose=False, probe=probe)
     start = time.perf_counter()
-    history = model.fit(adding_dataset(steps, batch, seed, train_steps), validation_data=test,
-                        epochs=max(1, train_steps // eval_every), steps_per_epoch=eval_every,
-                        callbacks=[monitor], verbose=0)
+    steps_per_epoch = min(eval_every, train_steps)
+    epochs = -(-train_steps // steps_per_epoch)  # the last "epoch" may run past the budget by < eval_every
+    history = model.fit(adding_dataset(steps, batch, seed, epochs * steps_per_epoch), validation_data=test,
+                        epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[monitor], verbose=0)
     seconds = time.perf_counter() - start
     test_mse = history.history["val_loss"]
     solved_at = next((i for i, mse in enumerate(test_mse) if mse < SOLVED_MSE), None)
@@ -161,7 +162,7 @@ def train_adding(cell: str, steps: int, clip: str = "clipnorm", train_steps: int
     result = AddingResult(
         cell=cell, steps=steps, clip=clip, seed=seed, learning_rate=learning_rate,
         train_steps=len(monitor.rows), final_test_mse=float(test_mse[-1]),
-        steps_to_solve=None if solved_at is None else (solved_at + 1) * eval_every,
+        steps_to_solve=None if solved_at is None else (solved_at + 1) * steps_per_epoch,
         share_above_1=float((norms > 1.0).mean()) if len(norms) else math.nan, diverged=diverged,
         verdict=", ".join(f.kind for f in monitor.findings) or "healthy", seconds=seconds)
     return result, monitor, model

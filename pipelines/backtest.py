@@ -85,6 +85,7 @@ def walk_forward(model, scaling, series: PriceSeries, split: Split, forecast: Fo
     if refit_every > 0:
         refit_config = dataclasses.replace(optimizer_config or OptimizerConfig(), lr_schedule="constant")
         model.compile(optimizer=builders.make_optimizer(refit_config), loss=model.loss)
+        model.monitor_gradients = False  # refits run Keras's own step: no monitor reads the measurements
     step = refit_every if refit_every > 0 else len(origins)
     target = series.target_values.astype(np.float32)
     chunks, refits = [], 0

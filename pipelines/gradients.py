@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -137,7 +138,11 @@ def report(run_dir: Path, out: Optional[Path]) -> dict[str, Any]:
 
     rows, layout, config = read_run(run_dir)
     out = out or run_dir
-    findings = gradient_health.diagnose(rows, layout["layers"], layout["initial_weight_norms"], config)
+    summary_path = run_dir / "summary.json"
+    measured = json.loads(summary_path.read_text()).get("gradient_health", {}).get("through_time") \
+        if summary_path.is_file() else None
+    findings = gradient_health.diagnose(rows, layout["layers"], layout["initial_weight_norms"], config,
+                                        measured[-1] if measured else None)
     summary = gradient_health.summarize(rows, layout["layers"], layout["initial_weight_norms"], findings, None)
     plt = pyplot()
     steps = [row["step"] for row in rows]
@@ -236,6 +241,8 @@ def run_through_time(run_dir: Path, corpus: Optional[str], batch: int, seed: int
     model.load_weights(str(run_dir / "best.weights.h5"))
     ids = encode(tokenize(read_corpus(corpus) if corpus else default_corpus(), config["data"]["token_level"]),
                  vocabulary)
+    if len(ids) < seq_len + 2:
+        raise UsageError(f"the corpus has {len(ids)} tokens; through-time needs more than {seq_len + 1}")
     starts = np.random.default_rng(seed).integers(0, len(ids) - seq_len - 1, size=batch)
     windows = np.stack([ids[s:s + seq_len + 1] for s in starts])
     curve = through_time.gradient_through_time(model, windows[:, :-1],
@@ -329,10 +336,10 @@ def exploding_rows(radius: float, seq_len: int, train_steps: int, learning_rate:
                                               eval_every=min(100, train_steps), optimizer=optimizer)
             norms = [row["grad_norm"] for row in monitor.rows]
             kernel = "simple_rnn_0/recurrent_kernel"
-            growth = monitor.rows[-1][f"weight/{kernel}"] / monitor.initial_weight_norms[kernel] if norms else None
+            growth = monitor.rows[-1][f"weight/{kernel}"] / monitor.initial_weight_norms[kernel] if norms else math.nan
             rows.append({**result.as_row(), "optimizer": optimizer,
-                         "median_grad_norm": float(np.median(norms)) if norms else None,
-                         "max_grad_norm": float(np.max(norms)) if norms else None,
+                         "median_grad_norm": float(np.median(norms)) if norms else math.nan,
+                         "max_grad_norm": float(np.max(norms)) if norms else math.nan,
                          "recurrent_kernel_growth": growth, "findings": [f.message for f in monitor.findings]})
             print(f"SimpleRNN, radius {radius:g}, T={seq_len}, {optimizer} {clip}: test MSE {result.final_test_mse:.4g}; "
                   f"pre-clip norm median {rows[-1]['median_grad_norm']:.3g}, max {rows[-1]['max_grad_norm']:.3g}, "

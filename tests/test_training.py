@@ -65,10 +65,19 @@ def test_an_interrupted_run_resumes_where_it_stopped(corpus_file, tmp_path):
     run_dir = tmp_path / "runs" / "resumable"
     assert history_epochs(run_dir) == [0, 1] and not (run_dir / "summary.json").exists()
     assert (run_dir / "backup").is_dir()
+    layout_before = json.loads((run_dir / "gradient_layers.json").read_text())
+    steps_before = len((run_dir / "gradients.csv").read_text().splitlines()) - 1
 
     summary = train_tiny(corpus_file, tmp_path, "gru", epochs=4, run_id="resumable")
     assert summary["resumed"] and summary["epochs_run"] == 2  # epochs 2 and 3 only
     assert history_epochs(run_dir) == [0, 1, 2, 3]
+    # The gradient monitor carries on from where it stopped: same start, steps and epochs continue.
+    assert json.loads((run_dir / "gradient_layers.json").read_text()) == layout_before
+    with (run_dir / "gradients.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(float(r["step"])) for r in rows] == list(range(1, steps_before + summary["steps"] + 1))
+    assert sorted({int(float(r["epoch"])) for r in rows}) == [0, 1, 2, 3]
+    assert summary["gradient_health"]["steps_kept"] == len(rows)
 
     with pytest.raises(UsageError, match="has already finished"):
         train_tiny(corpus_file, tmp_path, "gru", epochs=4, run_id="resumable")
