@@ -80,6 +80,37 @@ def dense_norm(gradient) -> tf.Tensor:
     return tf.constant(0.0) if gradient is None else tf.norm(tf.convert_to_tensor(gradient))
 
 
+def clipped_global_norm(optimizer: keras.optimizers.Optimizer, grads: list, norms: tf.Tensor) -> tf.Tensor:
+    """The global norm of the gradients after the optimiser's clipping, without materialising them.
+
+    Clipping by norm only rescales each gradient (clipnorm) or all of them
+    (global_clipnorm), so the clipped norms follow from the norms the
+    optimiser computes: for an embedding's IndexedSlices, the norm of its rows
+    before repeated rows are summed. Clipping by value is elementwise and is
+    applied for real.
+
+    Args:
+        optimizer: Decides the clipping.
+        grads: The tape's gradients.
+        norms: `dense_norm` of each gradient.
+    """
+    def clipping_norm(g):  # the norm the optimiser's clipping sees
+        if g is None:
+            return tf.constant(0.0)
+        return tf.norm(g.values) if isinstance(g, tf.IndexedSlices) else None
+
+    each = tf.unstack(norms, num=len(grads))
+    if optimizer.clipnorm:
+        seen = tf.stack([n if (c := clipping_norm(g)) is None else c for g, n in zip(grads, each)])
+        return tf.norm(norms * tf.minimum(1.0, optimizer.clipnorm / tf.maximum(seen, 1e-30)))
+    if optimizer.global_clipnorm:
+        seen = tf.norm(tf.stack([n if (c := clipping_norm(g)) is None else c for g, n in zip(grads, each)]))
+        return tf.norm(norms) * tf.minimum(1.0, optimizer.global_clipnorm / tf.maximum(seen, 1e-30))
+    if optimizer.clipvalue:
+        return tf.norm(tf.stack([dense_norm(g) for g in clip_like_optimizer(optimizer, grads)]))
+    return tf.norm(norms)
+
+
 def recurrent_layer_names(model: keras.Model) -> list[str]:
     """Names of the model's recurrent layers (plain or `Bidirectional`), in order."""
     return [layer.name for layer in model.layers
@@ -147,7 +178,7 @@ class MonitoredModel(keras.Model):
         grads = tape.gradient(scaled_loss, variables)  # handed to the optimiser unchanged
         grad_norms = tf.stack([dense_norm(g) for g in grads])
         grad_norm = tf.norm(grad_norms)
-        clipped_norm = tf.norm(tf.stack([dense_norm(g) for g in clip_like_optimizer(self.optimizer, grads)]))
+        clipped_norm = clipped_global_norm(self.optimizer, grads, grad_norms)
         finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(grad_norms)), tf.math.is_finite(loss))
         # A non-finite step is skipped, as Keras's LossScaleOptimizer skips one.
         tf.cond(finite, lambda: self.optimizer.apply(grads, variables), lambda: None)
@@ -236,13 +267,16 @@ class GradientMonitor(keras.callbacks.Callback):
         step = self._first_step + self._steps_seen
         loss, grad_norm, clipped_norm, finite = (float(v) for v in record[:len(STEP_FIELDS)])
         grads = record[len(STEP_FIELDS):len(STEP_FIELDS) + len(self.labels)]
-        weights = [float(tf.norm(v)) for v in self.model.trainable_variables]
+        keep = step % self.config.every == 0 or self._steps_seen == 1
+        # Weights are read for kept rows only; a weight an update left non-finite is caught then,
+        # or at the next step, whose loss it makes non-finite.
+        weights = [float(tf.norm(v)) for v in self.model.trainable_variables] if keep or not finite else []
         if not finite or (not all(map(math.isfinite, weights)) and self._non_finite_weight()):
             self._stop_on_non_finite(step, loss, grads, weights, applied=bool(finite))
             return
         self._epoch_norms.append(grad_norm)
         self._epoch_clipped += clipped_norm < grad_norm * (1 - 1e-6)
-        if step % self.config.every == 0 or self._steps_seen == 1:
+        if keep:
             row = {"step": step, "epoch": self._epoch, "loss": loss, "grad_norm": grad_norm,
                    "grad_norm_clipped": clipped_norm}
             row.update({f"grad/{label}": float(g) for label, g in zip(self.labels, grads)})

@@ -15,7 +15,8 @@ import tensorflow as tf
 from conftest import ROOT, train_tiny
 from model import builders
 from model.config import ModelConfig, MonitorConfig, TrainingDiverged
-from model.gradient_monitor import GradientMonitor, MonitoredModel, clip_like_optimizer
+from model.gradient_monitor import (GradientMonitor, MonitoredModel, clip_like_optimizer, clipped_global_norm,
+                                    dense_norm)
 from model.reference_rnn import VanillaRNN
 from model.through_time import fit_decay, gradient_through_time, next_token_loss, next_value_loss
 from pipelines import gradients
@@ -48,8 +49,13 @@ def test_clipping_is_measured_exactly_as_the_optimizer_clips(clip):
     expected = [tf.convert_to_tensor(g) for g in clip_like_optimizer(optimizer, grads)]
     before = [v.numpy().copy() for v in model.trainable_variables]
     optimizer.apply(grads, model.trainable_variables)  # plain SGD at rate 1: the update is minus the clipped gradient
-    for old, variable, clipped in zip(before, model.trainable_variables, expected):
-        np.testing.assert_allclose(old - variable.numpy(), clipped.numpy(), rtol=1e-4, atol=1e-7)
+    updates = [old - variable.numpy() for old, variable in zip(before, model.trainable_variables)]
+    for update, clipped in zip(updates, expected):
+        np.testing.assert_allclose(update, clipped.numpy(), rtol=1e-4, atol=1e-7)
+    # What the training step records: the norm of the update, computed without materialising it.
+    norms = tf.stack([dense_norm(g) for g in grads])
+    assert float(clipped_global_norm(optimizer, grads, norms)) == pytest.approx(
+        math.sqrt(sum(np.sum(u ** 2) for u in updates)), rel=1e-4)
     if clip != "none":
         assert tf.linalg.global_norm(expected) < tf.linalg.global_norm([tf.convert_to_tensor(g) for g in grads])
 
