@@ -146,7 +146,7 @@ def existing_file(path: str | os.PathLike, flag: str, expected: str) -> Path:
 
 
 def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
-    """Run a pipeline's `main`; a `UsageError` becomes one stderr line and exit code 2."""
+    """Run a pipeline's `main`: a `UsageError` becomes one stderr line and exit code 2, a diverged run exit code 1."""
     try:
         return main(argv)
     except UsageError as error:
