@@ -5,7 +5,10 @@
 - latency: p50/p99 of a next-token Predict (one 40-character prompt) through
   gRPC, against calling the same signature in-process, in the same run;
 - throughput: requests/s with 1, 8 and 32 concurrent clients, batching off and on;
-- generation: 500 characters through gRPC against the same signature in-process.
+- generation: 500 characters through gRPC against the same signature in-process;
+- ceilings on this machine, same run: the round trip of a Predict servicer that
+  does nothing (Python gRPC's floor, against the latency target) and the rows/s
+  of the model alone in batches of 32 (against the throughput target).
 
 The model is an untrained LSTM-256 character model (speed does not depend on
 the weights). Clients are threads of this process, each with its own channel.
@@ -23,12 +26,15 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent import futures
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from bench.text import RESULTS, environment  # noqa: E402
 from model.builders import build_next_token_model  # noqa: E402
@@ -81,6 +87,56 @@ def bench_latency(target: str, version: Path, requests: int = 400) -> dict:
     return result
 
 
+class EmptyPredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """A Predict that does nothing: what Python gRPC costs by itself."""
+
+    def Predict(self, request, context):
+        return predict_pb2.PredictResponse()
+
+
+def serve_empty(port: int) -> None:
+    """`python -m bench.serving --empty-server PORT`: the do-nothing servicer, with the server's thread pool."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(EmptyPredictionService(), server)
+    server.start()
+    print("serving", flush=True)
+    server.wait_for_termination()
+
+
+def bench_ceilings(version: Path, requests: int = 1000) -> dict:
+    """Python gRPC's round-trip floor (another process, empty Predict) and the model's rows/s at batch 32."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "bench.serving", "--empty-server", str(port)], cwd=ROOT,
+                               stdout=subprocess.PIPE, text=True)
+    process.stdout.readline()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            request = predict_pb2.PredictRequest()
+            for _ in range(50):
+                stub.Predict(request, timeout=10)
+            samples = []
+            for _ in range(requests):
+                start = time.perf_counter()
+                stub.Predict(request, timeout=10)
+                samples.append(time.perf_counter() - start)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    local = tf.saved_model.load(str(version)).signatures["serving_default"]
+    batch = tf.constant([PROMPT] * 32)
+    for _ in range(5):
+        local(text=batch)
+    calls = []
+    for _ in range(30):
+        start = time.perf_counter()
+        local(text=batch)
+        calls.append(time.perf_counter() - start)
+    return {"empty_predict_round_trip_p50_ms": percentiles(samples)["p50_ms"],
+            "model_rows_per_second_batch_32": 32 / statistics.median(calls)}
+
+
 def bench_throughput(target: str, clients: int, seconds: float = 6.0) -> float:
     """Requests per second with `clients` concurrent clients, after a one-second ramp-up."""
     counts, stop = [0] * clients, threading.Event()
@@ -124,7 +180,11 @@ def bench_generate(target: str, version: Path, chars: int = 500) -> dict:
             "grpc_chars_per_second": chars / statistics.median(there)}
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--empty-server"]:
+        serve_empty(int(argv[1]))
+        return 0
     with tempfile.TemporaryDirectory() as workdir:
         workdir = Path(workdir)
         version = export_model(workdir)
@@ -147,6 +207,7 @@ def main() -> int:
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=30)
+        result["ceilings"] = bench_ceilings(version)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serving.json").write_text(json.dumps({"benchmark": "serving", "environment": environment(),
                                                       **result}, indent=2) + "\n")
@@ -169,6 +230,13 @@ def table() -> str:
     for clients in ("1", "8", "32"):
         rows.append(f"| throughput, {clients} concurrent clients | batching off {off[clients]:,.0f} req/s, "
                     f"on {on[clients]:,.0f} req/s | target at 32 clients with batching ≥ 2,910 req/s |")
+    ceilings = r.get("ceilings")
+    if ceilings:
+        rows.append(f"| ceiling: a Predict that does nothing, round trip | p50 "
+                    f"{ceilings['empty_predict_round_trip_p50_ms']:.2f} ms | above the 0.3 ms the latency target allows |")
+        rows.append(f"| ceiling: the model alone, batches of 32, in-process | "
+                    f"{ceilings['model_rows_per_second_batch_32']:,.0f} rows/s using both cores | the throughput "
+                    "target needs 2,910 req/s with gRPC on the same cores |")
     g = r["generate"]
     rows.append(f"| `generate`, {g['chars']} chars | {g['grpc_chars_per_second']:,.0f} chars/s | "
                 f"{g['in_process_chars_per_second']:,.0f} chars/s in-process |")

@@ -279,6 +279,9 @@ EARLIER_QUALITY_RUNS = [
     {"model": "GRU-256x2 as now, monitor on (2026-12-01 01:15); the machine ran at 13.8k chars/s, 13 epochs",
      "val_nats_per_char": 1.528,
      "val_nats_per_char_by_context": {"windows_100": 1.528, "windows_256": 1.507, "carried_state": 1.496}},
+    {"model": "GRU-256x2 as now, monitor on (2026-11-30 23:50 session end); 15.0k chars/s, 14 epochs",
+     "val_nats_per_char": 1.513,
+     "val_nats_per_char_by_context": {"windows_100": 1.513, "windows_256": 1.491, "carried_state": 1.480}},
 ]
 
 

@@ -105,6 +105,13 @@ class TextModelSignatures(tf.Module):
 
     def _encode(self, weights: _Weights, text: tf.Tensor):
         """Run the prompts through the network; return last logits, states and prompt lengths."""
+        # Invalid bytes would otherwise be decoded silently as U+FFFD: refuse them instead.
+        transcoded = tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
+        valid = tf.reduce_all(tf.equal(transcoded, text))
+        # Assert's data is only this message: echoing the bad bytes would make the error itself undecodable.
+        with tf.control_dependencies([tf.debugging.Assert(valid, [
+                "text must be valid UTF-8; decode the bytes with their own encoding and send UTF-8"])]):
+            text = tf.identity(text)
         if self._separator:
             tokens = tf.strings.split(text)
         else:

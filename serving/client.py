@@ -7,17 +7,20 @@
 
 It speaks only the official protos (tensorflow-serving-api stubs), so it works
 unchanged against `tensorflow_model_server` and against `serving.server`.
-Every call has a deadline; UNAVAILABLE (a server starting or restarting) is
-retried with exponential backoff, nothing else is; failures are raised as
+Every call has a deadline; within it, a server that is not up yet is waited
+for (gRPC's wait-for-ready) and UNAVAILABLE (a server starting, restarting or
+shedding load) is retried with exponential backoff, nothing else is: a
+restarting server costs time, never an error. Failures are raised as
 `ServingCallError` carrying the gRPC code and the server's message.
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import grpc
 import numpy as np
@@ -45,27 +48,67 @@ def _decode(value: np.ndarray) -> np.ndarray:
     return value
 
 
+def channel_target(target: Union[str, Sequence[str]]) -> str:
+    """A gRPC target for one server or several replicas.
+
+    A single `host:port` (or any gRPC target, e.g. `dns:///serving.example:8500`,
+    whose name resolves to every replica) is used as it is; several `host:port`
+    become one `ipv4:` / `ipv6:` target listing every address, so gRPC's
+    round_robin policy spreads requests over them.
+
+    Raises:
+        ValueError: An entry that is not `host:port`, or a host that does not resolve.
+    """
+    if isinstance(target, str):
+        targets = [t.strip() for t in target.split(",")] if "," in target and "://" not in target else [target]
+    else:
+        targets = list(target)
+    if len(targets) == 1:
+        return targets[0]
+    addresses = []
+    for entry in targets:
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"target {entry!r} must be host:port")
+        try:
+            info = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+        except socket.gaierror as error:
+            raise ValueError(f"target {entry!r} does not resolve: {error.strerror}") from None
+        family, address = info[0][0], info[0][4][0]
+        addresses.append((family, f"[{address}]:{port}" if family == socket.AF_INET6 else f"{address}:{port}"))
+    families = {family for family, _ in addresses}
+    if len(families) > 1:
+        raise ValueError("replicas must all be IPv4 or all IPv6 addresses")
+    scheme = "ipv6" if families == {socket.AF_INET6} else "ipv4"
+    return f"{scheme}:{','.join(address for _, address in addresses)}"
+
+
 class PredictionClient:
-    """One model on one server.
+    """One model on one server, or on several replicas of it.
 
     Args:
-        target: `host:port` of a TensorFlow Serving (or `serving.server`) gRPC endpoint.
+        target: `host:port` of a TensorFlow Serving (or `serving.server`) gRPC endpoint;
+            several (a list, or comma-separated) for replicas, or a `dns:///name:port`
+            target: requests are spread with gRPC's round_robin load balancing, and a
+            request that finds its replica gone is retried on another.
         model: The model's name in models.config.
         version: A version number (default: the newest loaded).
         label: A version label such as "stable" or "canary" (instead of a version).
-        timeout: Deadline of each call, in seconds.
-        retries: Retries on UNAVAILABLE, with exponential backoff from 0.1 s.
+        timeout: Deadline of each call, retries included, in seconds.
+        retries: Most retries on UNAVAILABLE, with exponential backoff from 0.05 s (capped at 1 s),
+            as long as the deadline allows.
     """
 
-    def __init__(self, target: str, model: str, version: Optional[int] = None, label: Optional[str] = None,
-                 timeout: float = 10.0, retries: int = 3):
+    def __init__(self, target: Union[str, Sequence[str]], model: str, version: Optional[int] = None,
+                 label: Optional[str] = None, timeout: float = 10.0, retries: int = 50):
         if version is not None and label is not None:
             raise ValueError("pass a version or a label, not both")
         self.model, self.version, self.label = model, version, label
         self.timeout, self.retries = timeout, retries
-        self.channel = grpc.insecure_channel(target, options=[
+        self.channel = grpc.insecure_channel(channel_target(target), options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.lb_policy_name", "round_robin")])  # one replica: the same as pick_first
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
@@ -87,16 +130,19 @@ class PredictionClient:
         return spec
 
     def _call(self, method, request):
-        delay = 0.1
+        deadline = time.monotonic() + self.timeout
+        delay = 0.05
         for attempt in range(self.retries + 1):
             try:
-                return method(request, timeout=self.timeout)
+                # wait_for_ready: a server that is down or restarting is waited for, up to the deadline.
+                return method(request, timeout=max(deadline - time.monotonic(), 0.001), wait_for_ready=True)
             except grpc.RpcError as error:
-                if error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries:
-                    time.sleep(delay)
-                    delay *= 2
-                    continue
-                raise ServingCallError(error.code(), error.details()) from None
+                retry = (error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
+                         and time.monotonic() + delay < deadline)
+                if not retry:
+                    raise ServingCallError(error.code(), error.details()) from None
+                time.sleep(delay)
+                delay = min(2 * delay, 1.0)
 
     def predict(self, inputs: dict[str, Any], signature_name: str = "serving_default",
                 output_filter: Sequence[str] = ()) -> dict[str, np.ndarray]:
@@ -150,9 +196,25 @@ class PredictionClient:
                  "error": s.status.error_message} for s in response.model_version_status]
 
 
+def parse_values(text: str) -> np.ndarray:
+    """A window typed on the command line: "24.1,24.3,..." (oldest first).
+
+    Raises:
+        ValueError: Naming the item that is not a number.
+    """
+    values = []
+    for item in text.split(","):
+        try:
+            values.append(float(item))
+        except ValueError:
+            raise ValueError(f"values must be comma-separated numbers, got {item.strip()!r}") from None
+    return np.array(values, np.float32)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", default="localhost:8500")
+    parser.add_argument("--target", default="localhost:8500",
+                        help="host:port, or several comma-separated replicas (round-robin)")
     parser.add_argument("--timeout", type=float, default=10.0)
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("next-token", "generate", "next-value", "metadata", "status"):
@@ -177,7 +239,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             elif args.command == "generate":
                 print(args.prompt + client.generate(args.prompt, args.max_tokens, args.temperature, args.seed))
             elif args.command == "next-value":
-                values = np.array([float(v) for v in args.values.split(",")], np.float32)
+                values = parse_values(args.values)
                 for key, value in client.next_value(values[None, :, None]).items():
                     print(f"{key}: {np.round(value[0], 4).tolist()}")
             elif args.command == "metadata":

@@ -11,7 +11,9 @@ protobuf's descriptor API: a file that parses here parses in
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Iterable
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from tensorflow_serving.config import model_server_config_pb2
@@ -81,8 +83,19 @@ def parse(path: str | os.PathLike, message_class):
         raise ConfigError(f"{path}: {error}") from None
 
 
+# A model name is a key, never a path: no separators, no "..", nothing a shell or URL would read twice.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def check_model_name(name: str) -> None:
+    """Raises ConfigError unless `name` is a safe model name (letters, digits, `_ . -`, at most 128)."""
+    if not MODEL_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"model name {name!r} is not allowed: use letters, digits, '_', '-' and '.' "
+                          "(at most 128, starting with a letter or digit, no '..')")
+
+
 def validate_model_config(config: model_server_config_pb2.ModelServerConfig, source: str) -> None:
-    """Every model needs a name and a base path, and names must be unique.
+    """Every model needs a safe name and a base path, and names must be unique.
 
     Raises:
         ConfigError: Naming `source` (a file, or "reload request").
@@ -93,9 +106,40 @@ def validate_model_config(config: model_server_config_pb2.ModelServerConfig, sou
     for model in config.model_config_list.config:
         if not model.name or not model.base_path:
             raise ConfigError(f"{source}: every config needs a name and a base_path")
+        try:
+            check_model_name(model.name)
+        except ConfigError as error:
+            raise ConfigError(f"{source}: {error}") from None
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise ConfigError(f"{source}: model name {duplicates[0]!r} appears twice")
+
+
+def resolve_base_path(base_path: str, root: Path = Path(".")) -> Path:
+    """A base path as the server will read it: relative ones from `root`, symlinks and `..` resolved."""
+    path = Path(base_path)
+    return Path(os.path.realpath(path if path.is_absolute() else root / path))
+
+
+def check_base_paths_within(config: model_server_config_pb2.ModelServerConfig, roots: Iterable[Path],
+                            source: str, root: Path = Path(".")) -> None:
+    """Refuse a config whose base paths leave the allowed model roots (no path traversal by reload).
+
+    Raises:
+        ConfigError: Naming the model, its resolved base path and the roots.
+    """
+    roots = [Path(os.path.realpath(r)) for r in roots]
+    for model in config.model_config_list.config:
+        path = resolve_base_path(model.base_path, root)
+        if not any(path == r or path.is_relative_to(r) for r in roots):
+            raise ConfigError(f"{source}: base_path of model {model.name!r} resolves to {path}, outside the "
+                              f"allowed model roots ({', '.join(map(str, roots))}); start the server with "
+                              "--allowed_model_root to allow another")
+
+
+def model_roots(config: model_server_config_pb2.ModelServerConfig, root: Path = Path(".")) -> list[Path]:
+    """The directories holding the base paths of a trusted config (the file the server started with)."""
+    return sorted({resolve_base_path(model.base_path, root).parent for model in config.model_config_list.config})
 
 
 def read_model_config(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:

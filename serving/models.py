@@ -166,8 +166,11 @@ class ModelManager:
         """The version a request asks for: a number, a label, or the newest loaded.
 
         Raises:
-            ServingError: NOT_FOUND for an unknown model, version or label.
+            ServingError: NOT_FOUND for an unknown model, version or label; INVALID_ARGUMENT for no name.
         """
+        if not name:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "model_spec.name is empty: name the model to "
+                               f"query (served models: {', '.join(self.names())})")
         with self._lock:
             if name not in self._configs:
                 raise ServingError(grpc.StatusCode.NOT_FOUND,

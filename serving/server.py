@@ -20,7 +20,9 @@ a value the model refuses, each with a message naming the input.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
@@ -81,19 +83,63 @@ def check_inputs(arrays: dict[str, np.ndarray], signature, signature_name: str) 
     return arrays
 
 
-def decode_tensor_protos(request_inputs, signature) -> dict[str, np.ndarray]:
-    """gRPC TensorProtos to arrays, each of the dtype its signature input declares."""
+@dataclasses.dataclass(frozen=True)
+class RequestLimits:
+    """What one Predict request may ask for (TensorFlow Serving bounds only the message size).
+
+    Attributes:
+        max_rows: Rows (leading batch dimension) per input.
+        max_elements: Elements per input, checked on the declared shape before anything is allocated.
+    """
+
+    max_rows: int = 256
+    max_elements: int = 4 * 1024 * 1024
+
+    def check_rows(self, arrays: dict[str, np.ndarray]) -> None:
+        for name, array in arrays.items():
+            if array.ndim and len(array) > self.max_rows:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"input {name!r} holds {len(array)} rows, over the limit of {self.max_rows} "
+                                   "per request; split it into several requests")
+
+
+def _proto_dtype(name: str, proto) -> Optional[tf.dtypes.DType]:
+    if not proto.dtype:
+        return None
+    try:
+        return tf.dtypes.as_dtype(proto.dtype)
+    except TypeError:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {name!r} has an unknown dtype enum {proto.dtype}") from None
+
+
+def decode_tensor_protos(request_inputs, signature, limits: RequestLimits = RequestLimits()) -> dict[str, np.ndarray]:
+    """gRPC TensorProtos to arrays, each of the dtype its signature input declares.
+
+    The declared shape is checked before decoding: a proto can claim a huge
+    shape in a few bytes, and decoding it would allocate that much.
+    """
     specs = signature.structured_input_signature[1]
     arrays = {}
     for name, proto in request_inputs.items():
-        dtype = tf.dtypes.as_dtype(proto.dtype) if proto.dtype else None
+        dtype = _proto_dtype(name, proto)
         if name in specs and dtype != specs[name].dtype:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} must be "
                                f"{specs[name].dtype.name}, got {dtype.name if dtype else 'no dtype'}")
+        dims = [dim.size for dim in proto.tensor_shape.dim]
+        if any(size < 0 for size in dims) or proto.tensor_shape.unknown_rank:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {name!r} has a shape with unknown or negative sizes: {dims}")
+        if math.prod(dims) > limits.max_elements:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {name!r} of shape {dims} holds {math.prod(dims):,} elements, over the "
+                               f"limit of {limits.max_elements:,} per input")
         try:
             arrays[name] = tf.make_ndarray(proto)
         except Exception as error:  # noqa: BLE001 - a malformed TensorProto
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} is not a valid tensor: {error}")
+            detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {name!r} is not a valid tensor: {detail}") from None
     return arrays
 
 
@@ -101,10 +147,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService over a `ModelManager`."""
 
     def __init__(self, models: ModelManager, batching: Optional[BatchScheduler] = None,
-                 metrics: Optional[ServingMetrics] = None):
+                 metrics: Optional[ServingMetrics] = None, limits: RequestLimits = RequestLimits()):
         self.models = models
         self.batching = batching
         self.metrics = metrics
+        self.limits = limits
 
     def _run(self, loaded: LoadedVersion, name: str, signature, inputs: dict[str, np.ndarray]):
         specs = signature.structured_input_signature[1]
@@ -159,6 +206,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         signature_name = signature_name or "serving_default"
         signature = loaded.signature(signature_name)
         inputs = check_inputs(decode(signature), signature, signature_name)
+        self.limits.check_rows(inputs)
         wanted = list(output_filter) or list(signature.structured_outputs)
         unknown = [key for key in wanted if key not in signature.structured_outputs]
         if unknown:
@@ -176,7 +224,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             loaded, name, outputs = self.predict_arrays(
                 spec.name, spec.version.value if spec.HasField("version") else None,
                 spec.version_label if spec.HasField("version_label") else None, spec.signature_name,
-                lambda signature: decode_tensor_protos(request.inputs, signature), request.output_filter)
+                lambda signature: decode_tensor_protos(request.inputs, signature, self.limits), request.output_filter)
             response = predict_pb2.PredictResponse(model_spec=model_pb2.ModelSpec(
                 name=loaded.name, version=wrappers_pb2.Int64Value(value=loaded.version), signature_name=name))
             for key, value in outputs.items():
@@ -222,8 +270,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     """tensorflow.serving.ModelService: version status and config reloads."""
 
-    def __init__(self, models: ModelManager):
+    def __init__(self, models: ModelManager, allowed_roots: Sequence[Path] = ()):
         self.models = models
+        self.allowed_roots = list(allowed_roots)
 
     def GetModelStatus(self, request, context):
         try:
@@ -248,6 +297,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         response = model_management_pb2.ReloadConfigResponse()
         try:
             tfs_config.validate_model_config(request.config, "reload request")
+            # Anyone who reaches the port can send a reload: it may not point the server at arbitrary files.
+            tfs_config.check_base_paths_within(request.config, self.allowed_roots, "reload request")
         except tfs_config.ConfigError as error:
             response.status.error_code = 3  # INVALID_ARGUMENT: the served models stay as they were
             response.status.error_message = str(error)
@@ -270,12 +321,19 @@ class Server:
         file_system_poll_wait_seconds: How often base paths are scanned for new versions (0: never).
         model_config_file_poll_wait_seconds: How often models.config is re-read (0: never).
         max_workers: Size of the request thread pool.
+        batching: Dynamic batching options (None: every request runs on its own).
+        rest_api_port: REST port (0: no REST API).
+        monitoring: MonitoringConfig (Prometheus metrics on the REST port).
+        limits: Rows and elements a request may hold.
+        allowed_model_roots: Directories a reload request may point base paths into, besides
+            those holding the base paths of `model_config_file`.
     """
 
     def __init__(self, model_config_file: str, host: str = "127.0.0.1", port: int = 8500,
                  file_system_poll_wait_seconds: float = 1.0, model_config_file_poll_wait_seconds: float = 0.0,
                  max_workers: int = 16, batching: Optional[BatchingOptions] = None, rest_api_port: int = 0,
-                 monitoring=None):
+                 monitoring=None, limits: RequestLimits = RequestLimits(),
+                 allowed_model_roots: Sequence[str] = ()):
         self.config_path = Path(model_config_file)
         config = tfs_config.read_model_config(self.config_path)
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=[
@@ -296,9 +354,10 @@ class Server:
         scheduler = BatchScheduler(batching) if batching else None
         prometheus = monitoring.prometheus_config if monitoring is not None else None
         self.metrics = ServingMetrics() if prometheus is not None and prometheus.enable else None
-        self.predictions = PredictionService(self.models, scheduler, self.metrics)
+        self.predictions = PredictionService(self.models, scheduler, self.metrics, limits)
+        roots = tfs_config.model_roots(config) + [Path(root) for root in allowed_model_roots]
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self.predictions, self.grpc)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models), self.grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models, roots), self.grpc)
         metrics_path = (prometheus.path or "/monitoring/prometheus/metrics") if self.metrics else None
         self.rest = (RestServer(self.predictions, self.models, host, rest_api_port, self.metrics, metrics_path)
                      if rest_api_port else None)
@@ -347,7 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_config_file", default="serving/models.config")
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
     parser.add_argument("--rest_api_port", type=int, default=0, help="REST port (0: no REST API)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind, gRPC and REST (default loopback only; 0.0.0.0: every interface)")
+    parser.add_argument("--allowed_model_root", action="append", default=[],
+                        help="a directory reload requests may point base paths into (repeatable); the "
+                             "directories holding models.config's base paths are always allowed")
+    parser.add_argument("--max_request_rows", type=int, default=RequestLimits.max_rows,
+                        help="rows (batch size) one request may send per input")
+    parser.add_argument("--max_request_elements", type=int, default=RequestLimits.max_elements,
+                        help="elements one request may send per input")
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
     parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0)
     parser.add_argument("--max_workers", type=int, default=16)
@@ -380,7 +447,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       if args.monitoring_config_file else None)
         server = Server(args.model_config_file, args.host, args.port, args.file_system_poll_wait_seconds,
                         args.model_config_file_poll_wait_seconds, args.max_workers, batching,
-                        args.rest_api_port, monitoring).start()
+                        args.rest_api_port, monitoring,
+                        RequestLimits(args.max_request_rows, args.max_request_elements),
+                        args.allowed_model_root).start()
     except (tfs_config.ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -74,3 +77,47 @@ def loaded_lstm(exported_lstm):
     import tensorflow as tf
 
     return tf.saved_model.load(str(exported_lstm[1]))
+
+
+@pytest.fixture(scope="session")
+def exported_stock(tmp_path_factory):
+    """(summary, version directory) of a tiny LSTM on the last 400 MSFT days: window 10, quantiles 0.1/0.5/0.9."""
+    from model.config import ForecastConfig, ModelConfig, OptimizerConfig, TrainingConfig
+    from pipelines.series import train_series_model
+    from pipelines.series_data import chronological_split, default_prices, load_prices
+
+    workdir = tmp_path_factory.mktemp("stock")
+    series = load_prices(default_prices(), "default", ticker="MSFT")
+    series.values, series.dates = series.values[-400:], series.dates[-400:]
+    summary = train_series_model(
+        series, chronological_split(400, 10, 1), ForecastConfig(window=10, quantiles=(0.1, 0.5, 0.9)),
+        ModelConfig(units=4), OptimizerConfig(),
+        TrainingConfig(epochs=1, batch_size=32, patience=0, runs_dir=str(workdir / "runs")),
+        workdir / "saved_models" / "stock")
+    return summary, Path(summary["export_path"]), series
+
+
+def copy_version(source: Path, base: Path, version: int) -> Path:
+    """Publish a version the way the exporter does: copy aside, then rename into place."""
+    base.mkdir(parents=True, exist_ok=True)
+    staging = base / f".copy-{version}"
+    shutil.copytree(source, staging)
+    target = base / str(version)
+    os.rename(staging, target)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(config: Path, *flags: str, port: int = 0) -> tuple[subprocess.Popen, str]:
+    """`python -m serving.server` as another process; returns it and its `host:port` once it serves."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.server", "--model_config_file", str(config), "--port", str(port), *flags],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = process.stdout.readline()
+    assert line.startswith("serving on "), line
+    return process, line.split()[2].rstrip(":")

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import urllib.error
 import urllib.request
 import subprocess
@@ -20,36 +19,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.config import ForecastConfig, ModelConfig, OptimizerConfig, TrainingConfig
-from pipelines.series import train_series_model
-from pipelines.series_data import chronological_split, default_prices, load_prices
 from serving.client import PredictionClient, ServingCallError
+
+from conftest import copy_version, free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def copy_version(source: Path, base: Path, version: int) -> Path:
-    """Publish a version the way the exporter does: copy aside, then rename into place."""
-    staging = base / f".copy-{version}"
-    shutil.copytree(source, staging)
-    target = base / str(version)
-    os.rename(staging, target)
-    return target
-
-
 @pytest.fixture(scope="module")
-def model_dirs(exported_lstm, tmp_path_factory):
+def model_dirs(exported_lstm, exported_stock, tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     text_base = root / "saved_models" / "text"
-    text_base.mkdir(parents=True)
     copy_version(exported_lstm[1], text_base, 1)
-    series = load_prices(default_prices(), "default", ticker="MSFT")
-    series.values, series.dates = series.values[-400:], series.dates[-400:]
-    forecast = ForecastConfig(window=10, quantiles=(0.1, 0.5, 0.9))
-    summary = train_series_model(
-        series, chronological_split(400, 10, 1), forecast, ModelConfig(units=4), OptimizerConfig(),
-        TrainingConfig(epochs=1, batch_size=32, patience=0, runs_dir=str(root / "runs")),
-        root / "saved_models" / "stock")
+    stock_version = copy_version(exported_stock[1], root / "saved_models" / "stock", 1)
     config = root / "models.config"
     config.write_text(f"""model_config_list {{
       config {{ name: "text" base_path: "{text_base}" model_platform: "tensorflow"
@@ -58,22 +40,7 @@ def model_dirs(exported_lstm, tmp_path_factory):
       config {{ name: "stock" base_path: "{root / 'saved_models' / 'stock'}" model_platform: "tensorflow" }}
     }}""")
     return {"root": root, "config": config, "text_base": text_base, "text_v1": exported_lstm[1],
-            "stock_version": Path(summary["export_path"]), "series": series}
-
-
-def start_server(config: Path, *flags: str) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model_config_file", str(config), "--port", "0", *flags],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = process.stdout.readline()
-    assert line.startswith("serving on "), line
-    return process, line.split()[2].rstrip(":")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+            "stock_version": stock_version, "series": exported_stock[2]}
 
 
 REST_PORT = free_port()
@@ -136,46 +103,6 @@ def test_metadata_and_status(server):
         assert {"version": 1, "state": "AVAILABLE", "error": ""} in client.status()
     with PredictionClient(server, "text", label="stable") as client:
         assert client.next_token(["a"])
-
-
-@pytest.mark.parametrize("model, kwargs, inputs, signature, code, message", [
-    ("nope", {}, None, "serving_default", grpc.StatusCode.NOT_FOUND, "model 'nope' not found"),
-    ("text", {"version": 99}, None, "serving_default", grpc.StatusCode.NOT_FOUND, "version 99 is not loaded"),
-    ("text", {"label": "gold"}, None, "serving_default", grpc.StatusCode.NOT_FOUND, "no version label 'gold'"),
-    ("text", {}, None, "classify_me", grpc.StatusCode.NOT_FOUND, "no signature 'classify_me'"),
-    ("text", {}, {"text": np.array([b"a"], dtype=object), "max_tokens": np.array([3], np.int32),
-                  "temperature": np.array([1.0], np.float32)}, "generate",
-     grpc.StatusCode.INVALID_ARGUMENT, "missing input 'seed'"),
-    ("text", {}, {"text": np.array([b"a"], dtype=object), "colour": np.array([1])}, "serving_default",
-     grpc.StatusCode.INVALID_ARGUMENT, "unknown input 'colour'"),
-    ("text", {}, {"text": np.array([1.5], np.float32)}, "serving_default",
-     grpc.StatusCode.INVALID_ARGUMENT, "input 'text' must be string, got float32"),
-    ("text", {}, {"text": np.array([b"a"], dtype=object), "max_tokens": np.array([3], np.int32),
-                  "temperature": np.array([0.0], np.float32), "seed": np.array([1], np.int64)}, "generate",
-     grpc.StatusCode.INVALID_ARGUMENT, "temperature must be > 0"),
-    ("stock", {}, {"window": np.ones((1, 9, 1), np.float32)}, "serving_default",
-     grpc.StatusCode.INVALID_ARGUMENT, "input 'window' must have shape [None, 10, 1]"),
-    ("stock", {}, {"window": np.full((1, 10, 1), np.nan, np.float32)}, "serving_default",
-     grpc.StatusCode.INVALID_ARGUMENT, "window holds NaN or Inf"),
-])
-def test_bad_requests_get_tensorflow_serving_codes_and_the_server_keeps_serving(
-        server, model, kwargs, inputs, signature, code, message):
-    with PredictionClient(server, model, **kwargs) as client:
-        with pytest.raises(ServingCallError) as error:
-            client.predict(inputs or {"text": np.array([b"a"], dtype=object)}, signature)
-    assert error.value.code == code and message in error.value.details
-    with PredictionClient(server, "text") as client:
-        assert client.next_token(["still here"])
-
-
-def test_classify_regress_and_multi_inference_are_unimplemented(server):
-    from tensorflow_serving.apis import classification_pb2, prediction_service_pb2_grpc
-
-    with grpc.insecure_channel(server) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        with pytest.raises(grpc.RpcError) as error:
-            stub.Classify(classification_pb2.ClassificationRequest(), timeout=10)
-    assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED and "use Predict" in error.value.details()
 
 
 def test_sigterm_stops_the_server_gracefully(model_dirs):
