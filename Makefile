@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: venv demo serve test bench tensorboard clean
+.PHONY: venv demo serve test bench load tensorboard clean
 
 $(INSTALLED): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench: $(INSTALLED)
 	$(PY) -m bench.series
 	$(PY) -m bench.serving
 	$(PY) -m bench.gradients
+	$(PY) -m bench.load
+
+# 16 concurrent clients x 5,000 mixed requests against the embedded server (about 3 minutes).
+load: $(INSTALLED)
+	$(PY) -m bench.load
 
 tensorboard: $(INSTALLED)
 	$(VENV)/bin/tensorboard --logdir runs
