@@ -16,6 +16,7 @@ import dataclasses
 from typing import Optional
 
 CELLS = ("simple_rnn", "lstm", "gru")
+STRATEGIES = ("default", "mirrored", "multiworker")  # see model.distribute
 CLIP_KINDS = ("clipnorm", "global_clipnorm", "clipvalue", "none")
 LR_SCHEDULES = ("constant", "cosine", "exponential", "plateau")
 TRANSFORMS = ("log_returns", "scaled")
@@ -177,6 +178,7 @@ class TrainingConfig:
         runs_dir: Parent directory of run directories.
         run_id: Name of this run's directory; reusing one resumes that run.
         monitor: The gradient-health monitor's settings.
+        strategy: `default`, `mirrored` or `multiworker` (see `model.distribute`).
     """
 
     epochs: int = 10
@@ -188,9 +190,12 @@ class TrainingConfig:
     runs_dir: str = "runs"
     run_id: Optional[str] = None
     monitor: MonitorConfig = dataclasses.field(default_factory=MonitorConfig)
+    strategy: str = "default"
 
     def validate(self) -> None:
         self.monitor.validate()
+        _require(self.strategy in STRATEGIES,
+                 f"unknown --strategy {self.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
         _require(self.epochs > 0, f"--epochs must be a positive integer, got {self.epochs}")
         _require(self.batch_size > 0,
                  f"--batch-size must be a positive integer, got {self.batch_size}")

@@ -160,7 +160,11 @@ class MonitoredModel(keras.Model):
         if record is None:
             size = len(STEP_FIELDS) + len(self.trainable_variables)
             with tf.init_scope():  # created eagerly even when first asked for inside the traced step
-                record = tf.Variable(tf.zeros([size]), trainable=False, name="gradient_record")
+                # Under tf.distribute each replica writes its own copy and reads give the first
+                # replica's: the measurements are the local gradients of this worker's share.
+                record = tf.Variable(tf.zeros([size]), trainable=False, name="gradient_record",
+                                     synchronization=tf.VariableSynchronization.ON_READ,
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             # Kept out of Keras's tracking: it is not a weight and is never saved.
             object.__setattr__(self, "_gradient_record", record)
         return record
@@ -180,8 +184,12 @@ class MonitoredModel(keras.Model):
         grad_norm = tf.norm(grad_norms)
         clipped_norm = clipped_global_norm(self.optimizer, grads, grad_norms)
         finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(grad_norms)), tf.math.is_finite(loss))
-        # A non-finite step is skipped, as Keras's LossScaleOptimizer skips one.
-        tf.cond(finite, lambda: self.optimizer.apply(grads, variables), lambda: None)
+        if tf.distribute.get_replica_context().num_replicas_in_sync > 1:
+            # Replicas must agree on every step (the update all-reduces), so none may skip alone;
+            # a non-finite step still stops training at the monitor's next check.
+            self.optimizer.apply(grads, variables)
+        else:  # A non-finite step is skipped, as Keras's LossScaleOptimizer skips one.
+            tf.cond(finite, lambda: self.optimizer.apply(grads, variables), lambda: None)
         head = tf.stack([loss, grad_norm, clipped_norm, tf.cast(finite, tf.float32)])
         self.gradient_record.assign(tf.concat([head, grad_norms], axis=0))
 

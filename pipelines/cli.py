@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from model.config import (CELLS, LR_SCHEDULES, ModelConfig, MonitorConfig, OptimizerConfig, TrainingConfig,
-                          TrainingDiverged, UsageError)
+from model.config import (CELLS, LR_SCHEDULES, STRATEGIES, ModelConfig, MonitorConfig, OptimizerConfig,
+                          TrainingConfig, TrainingDiverged, UsageError)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -61,6 +61,8 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--time-budget-minutes", type=float, default=None,
                        help="stop training after this much wall time")
     group.add_argument("--seed", type=int, default=1337)
+    group.add_argument("--strategy", default="default", help=f"{' | '.join(STRATEGIES)}: one device, every "
+                       "local GPU, or several workers configured by TF_CONFIG (see model/distribute.py)")
     group.add_argument("--runs-dir", default="runs", help="parent of run directories")
     group.add_argument("--run-id", default=None,
                        help="run directory name; reuse an interrupted run's id to resume it")
@@ -121,7 +123,8 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
     config = TrainingConfig(
         epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
         patience=args.patience, time_budget_minutes=args.time_budget_minutes, seed=args.seed,
-        runs_dir=args.runs_dir, run_id=args.run_id, monitor=monitor_config(args))
+        runs_dir=args.runs_dir, run_id=args.run_id, monitor=monitor_config(args),
+        strategy=args.strategy)
     config.validate()
     return config
 

@@ -84,22 +84,34 @@ def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config
     Returns:
         The summary written to `runs/<run-id>/summary.json`.
     """
+    from model import distribute
+
+    with distribute.placement(training_config.strategy) as place:
+        return _train_text_model(place, data, model_config, optimizer_config, training_config, seq_len, output,
+                                 data_config, extra_callbacks)
+
+
+def _train_text_model(place, data, model_config, optimizer_config, training_config, seq_len, output,
+                      data_config, extra_callbacks) -> dict[str, Any]:
     import keras
 
-    from model import builders, through_time, training
+    from model import builders, distribute, through_time, training
     from model.text_export import export_text_model
     from model.vocabulary import id_space_size
     from pipelines.text_data import make_dataset, window_count
 
     keras.utils.set_random_seed(training_config.seed)
-    run = training.RunDirectory.open(training_config.runs_dir, training_config.run_id, Path(output).name)
-    train_data = make_dataset(data.train_ids, seq_len, training_config.batch_size, shuffle=True,
-                              seed=training_config.seed)
-    val_data = make_dataset(data.val_ids, seq_len, training_config.batch_size, shuffle=False)
+    run = training.RunDirectory.open(place.runs_dir(training_config.runs_dir), training_config.run_id,
+                                     Path(output).name)
+    train_data = distribute.shard_by_data(make_dataset(data.train_ids, seq_len, training_config.batch_size,
+                                                       shuffle=True, seed=training_config.seed))
+    val_data = distribute.shard_by_data(make_dataset(data.val_ids, seq_len, training_config.batch_size,
+                                                     shuffle=False))
     steps_per_epoch = training_config.steps_per_epoch or int(train_data.cardinality())
-    model = builders.build_next_token_model(id_space_size(data.vocabulary), model_config)
-    optimizer = training.make_run_optimizer(optimizer_config, training_config, steps_per_epoch)
-    builders.compile_next_token_model(model, optimizer)
+    with place.strategy.scope():
+        model = builders.build_next_token_model(id_space_size(data.vocabulary), model_config)
+        optimizer = training.make_run_optimizer(optimizer_config, training_config, steps_per_epoch)
+        builders.compile_next_token_model(model, optimizer)
 
     probe_x, probe_y = next(iter(val_data))  # the monitor's through-time check reads these sequences
     probe = (probe_x[:16], through_time.next_token_loss(probe_y[:16, -1]))
@@ -107,7 +119,7 @@ def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config
                             extra_callbacks, probe)
     val_nats = float(model.evaluate(val_data, verbose=0))
     version_dir = export_text_model(
-        model, output, data.vocabulary, data.token_level, data.unigram_counts, seq_len,
+        model, place.output(output), data.vocabulary, data.token_level, data.unigram_counts, seq_len,
         extra_metadata={"run_id": run.run_id, "val_loss_nats_per_token": val_nats})
 
     batch = min(training_config.batch_size, window_count(data.train_ids, seq_len))  # as make_dataset
@@ -139,6 +151,8 @@ def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config
         "resumed": result.resumed,
         "gradient_health": result.gradient_health,
         "export_path": str(version_dir),
+        "worker": distribute.worker_name(place.strategy),
+        "chief": place.chief,
     }
     run.write_summary(summary)
     return summary
@@ -184,6 +198,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\nValidation loss {summary['val_loss_nats_per_token']:.4f} nats/{unit} = "
           f"{summary['val_bits_per_token']:.4f} bits/{unit}, perplexity {summary['val_perplexity']:.2f}; "
           f"{summary['tokens_per_second']:,.0f} {unit}s/s in training")
+    if not summary["chief"]:
+        print(f"{summary['worker']} done: the chief writes the run directory and the export")
+        return 0
     print(f"Run: {summary['run_dir']}   Export: {summary['export_path']}")
     show_exported_model(summary["export_path"], args.prompt, args.max_tokens, args.temperature,
                         args.top_k, args.sample_seed)
