@@ -184,9 +184,10 @@ class MonitoredModel(keras.Model):
         grad_norm = tf.norm(grad_norms)
         clipped_norm = clipped_global_norm(self.optimizer, grads, grad_norms)
         finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(grad_norms)), tf.math.is_finite(loss))
-        if tf.distribute.get_replica_context().num_replicas_in_sync > 1:
-            # Replicas must agree on every step (the update all-reduces), so none may skip alone;
-            # a non-finite step still stops training at the monitor's next check.
+        if tf.distribute.has_strategy():
+            # The update synchronises replicas (merge_call, all-reduce), which tf.distribute allows
+            # in no control flow, and no replica may skip a step alone: apply it, as Keras does.
+            # A non-finite step still stops training at the monitor's next check.
             self.optimizer.apply(grads, variables)
         else:  # A non-finite step is skipped, as Keras's LossScaleOptimizer skips one.
             tf.cond(finite, lambda: self.optimizer.apply(grads, variables), lambda: None)

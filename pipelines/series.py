@@ -186,9 +186,18 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
     Returns:
         The summary written to `runs/<run-id>/summary.json`.
     """
+    from model import distribute
+
+    with distribute.placement(training_config.strategy) as place:
+        return _train_series_model(place, series, split, forecast, model_config, optimizer_config, training_config,
+                                   output, refit_every, refit_epochs, extra_callbacks)
+
+
+def _train_series_model(place, series, split, forecast, model_config, optimizer_config, training_config, output,
+                        refit_every, refit_epochs, extra_callbacks) -> dict[str, Any]:
     import keras
 
-    from model import through_time, training
+    from model import distribute, through_time, training
     from model.series_export import export_series_model
     from model.series_model import (build_next_value_model, compile_next_value_model, fit_scaling,
                                     price_scaling)
@@ -196,8 +205,9 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
     keras.utils.set_random_seed(training_config.seed)
     W, H = forecast.window, forecast.horizon
     log_features = [is_price_column(name, series.target) for name in series.features]
-    model = build_next_value_model(W, log_features, series.target_index, H, model_config, forecast.transform,
-                                   forecast.quantiles, forecast.bidirectional)
+    with place.strategy.scope():
+        model = build_next_value_model(W, log_features, series.target_index, H, model_config, forecast.transform,
+                                       forecast.quantiles, forecast.bidirectional)
     scaling = price_scaling(model)
     # The statistics see the training span and nothing after it.
     scaling.set_stats(fit_scaling(series.values[:split.train_end], series.target_index, forecast.transform,
@@ -205,14 +215,17 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
     examples = prepare_examples(series, split, forecast, scaling)
     train_origins, train_z = examples["train"]
     val_origins, val_z = examples["validation"]
-    train_data = make_dataset(series.values, train_z, train_origins, W, training_config.batch_size, True,
-                              training_config.seed)
-    val_data = make_dataset(series.values, val_z, val_origins, W, training_config.batch_size, False)
+    train_data = distribute.shard_by_data(make_dataset(series.values, train_z, train_origins, W,
+                                                       training_config.batch_size, True, training_config.seed))
+    val_data = distribute.shard_by_data(make_dataset(series.values, val_z, val_origins, W,
+                                                     training_config.batch_size, False))
 
     steps_per_epoch = training_config.steps_per_epoch or int(np.ceil(len(train_origins) / training_config.batch_size))
-    optimizer = training.make_run_optimizer(optimizer_config, training_config, steps_per_epoch)
-    compile_next_value_model(model, optimizer, forecast.loss, forecast.quantiles)
-    run = training.RunDirectory.open(training_config.runs_dir, training_config.run_id, Path(output).name)
+    with place.strategy.scope():
+        optimizer = training.make_run_optimizer(optimizer_config, training_config, steps_per_epoch)
+        compile_next_value_model(model, optimizer, forecast.loss, forecast.quantiles)
+    run = training.RunDirectory.open(place.runs_dir(training_config.runs_dir), training_config.run_id,
+                                     Path(output).name)
     probe_x, probe_y = next(iter(val_data))  # the monitor's through-time check reads these windows
     probe = (probe_x[:16], through_time.compiled_loss(model, probe_y[:16]))
     result = training.train(model, train_data, val_data, run, training_config, optimizer_config, extra_callbacks,
@@ -222,7 +235,7 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
     if len(forecast.quantiles) >= 2:
         calibration = calibrate_interval(model, series, split, val_origins, val_z, forecast)
 
-    version_dir = export_series_model(model, output, {
+    version_dir = export_series_model(model, place.output(output), {
         "cell": model_config.cell, "window": W, "horizon": H, "features": series.features,
         "log_features": log_features, "target": series.target, "transform": forecast.transform,
         "quantile_levels": list(forecast.quantiles), "interval_calibration": calibration,
@@ -260,6 +273,7 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
         "resumed": result.resumed,
         "gradient_health": result.gradient_health, "parameters": int(model.count_params()),
         "evaluation": evaluation, "export_path": str(version_dir),
+        "worker": distribute.worker_name(place.strategy), "chief": place.chief,
     }
     run.write_summary(summary)
     return summary
@@ -312,6 +326,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = train_series_model(series, split, forecast, model_config, optimizer_config, training_config,
                                  args.output, args.refit_every, args.refit_epochs)
     print("\n" + format_report(summary))
+    if not summary["chief"]:
+        print(f"{summary['worker']} done: the chief writes the run directory and the export")
+        return 0
     plots = summary["evaluation"]["walk_forward"]["plots"]
     print(f"\nRun: {summary['run_dir']}   Export: {summary['export_path']}\nPlots: {plots['forecasts']}, "
           f"{plots['residuals']}")
