@@ -133,3 +133,46 @@ def test_the_series_pipeline_trains_under_mirrored_strategy_and_exports(exported
     assert summary["chief"] and summary["config"]["training"]["strategy"] == "mirrored"
     assert (Path(summary["export_path"]) / "saved_model.pb").is_file()
     assert np.isfinite(summary["best_val_loss"])
+
+
+def with_cudnn_kernels(model):
+    """The same model with every LSTM/GRU set to cuDNN kernels, as a GPU training run uses them."""
+    import keras
+
+    def clone(layer):
+        config = layer.get_config()
+        if "use_cudnn" in config:
+            config["use_cudnn"] = True
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_model_set_to_cudnn_kernels_exports_a_graph_a_cpu_server_runs(cell, tmp_path):
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from model.builders import build_next_token_model
+    from model.config import ModelConfig
+    from model.series_model import build_next_value_model, cpu_portable_copy
+    from model.text_export import export_text_model
+
+    vocabulary = list("abcdefgh ")
+    gpu_model = with_cudnn_kernels(build_next_token_model(len(vocabulary) + 2, ModelConfig(cell=cell, units=8)))
+    assert all(layer.get_config()["use_cudnn"] is True for layer in gpu_model.layers if "use_cudnn" in layer.get_config())
+    version = export_text_model(gpu_model, tmp_path / "text", vocabulary, "char", [1] * len(vocabulary), 10)
+    graph = saved_model_pb2.SavedModel.FromString((version / "saved_model.pb").read_bytes()).meta_graphs[0].graph_def
+    ops = {node.op for node in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    assert not [op for op in ops if "Cudnn" in op]
+    with tf.device("/CPU:0"):
+        assert tf.saved_model.load(str(version)).signatures["serving_default"](
+            text=tf.constant(["abc"]))["top_k_tokens"].shape == (1, 5)
+
+    series_model = with_cudnn_kernels(build_next_value_model(5, [True], 0, 1, ModelConfig(cell=cell, units=4)))
+    portable = cpu_portable_copy(series_model)  # what the series export traces
+    assert not any(layer.get_config().get("use_cudnn") is True for layer in portable.layers)
+    window = np.linspace(10.0, 11.0, 5, dtype=np.float32)[None, :, None]
+    np.testing.assert_allclose(portable.predict(window, verbose=0), series_model.predict(window, verbose=0), atol=1e-6)
