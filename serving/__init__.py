@@ -1,5 +1,6 @@
 """Serving: TensorFlow Serving configs, the embedded server and the gRPC client. Reads SavedModels only."""
 
+import importlib
 import os
 import sys
 
@@ -19,7 +20,7 @@ def _import_tensorflow_quietly() -> None:
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
+        importlib.import_module("tensorflow")
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -97,6 +97,11 @@ while True:
 
 def test_kill_9_during_export_never_leaves_a_partial_version_visible(tmp_path):
     base = tmp_path / "saved_models" / "text"
+    base.mkdir(parents=True)
+    config = tmp_path / "models.config"  # a server polls the base path all along, as in production
+    config.write_text(f'model_config_list {{ config {{ name: "text" base_path: "{base}" '
+                      'model_platform: "tensorflow" model_version_policy { all {} } } }')
+    server, target = start_server(config, "--file_system_poll_wait_seconds", "0.1")
     kills = []
     for round_ in range(3):
         process = subprocess.Popen([sys.executable, "-c", EXPORT_LOOP, str(base)], cwd=ROOT,
@@ -118,6 +123,12 @@ def test_kill_9_during_export_never_leaves_a_partial_version_visible(tmp_path):
         assert all(name.isdigit() for name in visible), visible
         assert sorted(int(name) for name in visible) == complete_versions(base), (visible, kills)
     assert complete_versions(base), "no export completed"
+    with PredictionClient(target, "text") as client:
+        wait_for(lambda: len(client.status()) == len(complete_versions(base)), 60, "the server to see every version")
+        failed = [row for row in client.status() if row["error"]]
+        assert not failed, f"the server saw a partial version: {failed} (kills at {kills})"
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=30)
 
 
 # ----------------------------------------------------------------------------- serving
