@@ -24,8 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -39,6 +41,8 @@ from model.config import ModelConfig, MonitorConfig, OptimizerConfig  # noqa: E4
 from model.gradient_monitor import GradientMonitor  # noqa: E402
 from pipelines import gradients  # noqa: E402
 from pipelines.adding_problem import markdown_table, train_adding  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GRID_CELLS = ("simple_rnn", "lstm", "gru")
 GRID_LENGTHS = (10, 50, 100, 200)
@@ -65,43 +69,85 @@ class StepTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def step_seconds(model_config: ModelConfig, monitored: bool, steps: int, batch: int = 64,
-                 seq_len: int = 100, vocab: int = 67) -> list[float]:
-    """Per-step wall times of a next-token model's training, with or without the monitor."""
-    keras.utils.set_random_seed(0)
-    model = builders.build_next_token_model(vocab, model_config)
-    model.monitor_gradients = monitored
-    builders.compile_next_token_model(model, builders.make_optimizer(OptimizerConfig()))
-    rng = np.random.default_rng(0)
-    x = rng.integers(2, vocab, size=(batch * steps, seq_len)).astype(np.int32)
-    y = np.roll(x, -1, axis=1)
-    timer = StepTimer()
-    callbacks = [GradientMonitor(MonitorConfig(), verbose=False), timer] if monitored else [timer]
-    model.fit(x[:2 * batch], y[:2 * batch], batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)  # trace
-    timer.seconds.clear()
-    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)
-    return timer.seconds
+class OverheadPair:
+    """The same next-token model twice, one monitored, trained in alternating short bursts.
+
+    Each burst of `steps` steps is timed step by step; a burst of the plain
+    model and one of the monitored model make a pair, and the overhead of a
+    pair is the ratio of their median step times. This machine's speed comes
+    in spells of seconds to minutes (the same plain-Keras model has run at 6.0
+    and then 3.9 steps/s); a pair spans about a second, so a spell slows both
+    of its halves alike, which a ratio of whole runs does not.
+    """
+
+    def __init__(self, model_config: ModelConfig, batch: int = 64, seq_len: int = 100, vocab: int = 67,
+                 steps: int = 10):
+        rng = np.random.default_rng(0)
+        self.x = rng.integers(2, vocab, size=(batch * steps, seq_len)).astype(np.int32)
+        self.y = np.roll(self.x, -1, axis=1)
+        self.batch = batch
+        self.models, self.callbacks = {}, {}
+        for monitored in (False, True):
+            keras.utils.set_random_seed(0)
+            model = builders.build_next_token_model(vocab, model_config)
+            model.monitor_gradients = monitored
+            builders.compile_next_token_model(model, builders.make_optimizer(OptimizerConfig()))
+            timer = StepTimer()
+            # The timer comes last: a monitored step's time includes the monitor's callback.
+            self.callbacks[monitored] = [GradientMonitor(MonitorConfig(), verbose=False), timer] if monitored else [timer]
+            self.models[monitored] = model
+            self.burst(monitored)  # traces the step
+
+    def burst(self, monitored: bool) -> float:
+        """Train one burst; return its median step time in seconds."""
+        timer = self.callbacks[monitored][-1]
+        timer.seconds.clear()
+        self.models[monitored].fit(self.x, self.y, batch_size=self.batch, epochs=1, verbose=0,
+                                   callbacks=self.callbacks[monitored])
+        return float(np.median(timer.seconds))
 
 
-def bench_overhead(repeats: int = 4) -> dict:
-    """Median step time with and without the monitor, over interleaved runs.
+OVERHEAD_MODELS = {"LSTM-256, seq-len 100, batch 64": ("lstm", 256, 1),
+                   "GRU-64x2, seq-len 100, batch 64": ("gru", 64, 2)}
 
-    The median of every step is robust to this machine's slow spells (the same
-    plain-Keras model has run at 6.0 and then 3.9 steps/s), which a ratio of
-    run totals is not.
+
+def overhead_in_this_process(name: str, pairs: int) -> dict:
+    """One process's estimate: the median over `pairs` of (monitored / plain median step time)."""
+    cell, units, layers = OVERHEAD_MODELS[name]
+    pair = OverheadPair(ModelConfig(cell, units, layers=layers))
+    off, on = [], []
+    for i in range(pairs):  # alternate which goes first, so neither always follows the other
+        first = bool(i % 2)
+        times = {first: pair.burst(first), not first: pair.burst(not first)}
+        off.append(times[False])
+        on.append(times[True])
+    return {"overhead": float(np.median(np.array(on) / np.array(off))) - 1.0,
+            "off_ms": 1e3 * float(np.median(off)), "on_ms": 1e3 * float(np.median(on))}
+
+
+def bench_overhead(processes: int = 5, pairs: int = 12) -> dict:
+    """Monitor overhead, estimated in several fresh processes; the median of their estimates.
+
+    Within one process the paired bursts agree closely, but two processes can
+    disagree by ±15% on the LSTM (the same code: where each model's buffers land
+    matters to this CPU's vector units). Each process builds both models anew.
     """
     rows = []
-    for name, config, steps in (("LSTM-256, seq-len 100, batch 64", ModelConfig("lstm", 256), 40),
-                                ("GRU-64x2, seq-len 100, batch 64", ModelConfig("gru", 64, layers=2), 100)):
-        on, off = [], []
-        for _ in range(repeats):  # interleaved: both see the same machine state
-            off += step_seconds(config, False, steps)
-            on += step_seconds(config, True, steps)
-        off_ms, on_ms = 1e3 * float(np.median(off)), 1e3 * float(np.median(on))
-        rows.append({"model": name, "median_step_ms_monitor_off": off_ms, "median_step_ms_monitor_on": on_ms,
-                     "steps_each": len(on), "overhead": on_ms / off_ms - 1.0, "target_overhead": 0.10})
-        print(f"{name}: median step {off_ms:.1f} ms plain, {on_ms:.1f} ms monitored: "
-              f"overhead {on_ms / off_ms - 1:.1%}", flush=True)
+    for name in OVERHEAD_MODELS:
+        estimates = []
+        for _ in range(processes):
+            result = subprocess.run([sys.executable, "-m", "bench.gradients", "--overhead-process", name,
+                                     "--pairs", str(pairs)], cwd=ROOT, capture_output=True, text=True, check=True)
+            estimates.append(json.loads(result.stdout.strip().splitlines()[-1]))
+        overheads = [e["overhead"] for e in estimates]
+        rows.append({"model": name, "processes": processes, "pairs_per_process": pairs,
+                     "median_step_ms_monitor_off": float(np.median([e["off_ms"] for e in estimates])),
+                     "median_step_ms_monitor_on": float(np.median([e["on_ms"] for e in estimates])),
+                     "overhead": float(np.median(overheads)), "overhead_per_process": overheads,
+                     "target_overhead": 0.10})
+        print(f"{name}: median step {rows[-1]['median_step_ms_monitor_off']:.1f} ms plain, "
+              f"{rows[-1]['median_step_ms_monitor_on']:.1f} ms monitored: overhead {rows[-1]['overhead']:.1%} "
+              f"(per process: {', '.join(f'{o:+.1%}' for o in overheads)})", flush=True)
     result = {"rows": rows}
     save("overhead", result)
     return result
@@ -167,7 +213,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gradients", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="overhead,through-time,exploding,adding")
     parser.add_argument("--train-steps", type=int, default=GRID_STEPS)
+    parser.add_argument("--overhead-process", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--pairs", type=int, default=12, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.overhead_process:  # one fresh process's estimate, for bench_overhead
+        print(json.dumps(overhead_in_this_process(args.overhead_process, args.pairs)))
+        return 0
     chosen = set(args.only.split(","))
     if "overhead" in chosen:
         bench_overhead()

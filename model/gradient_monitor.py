@@ -250,6 +250,9 @@ class GradientMonitor(keras.callbacks.Callback):
         if not self.model.monitor_gradients:
             raise ValueError("GradientMonitor needs the model's monitor_gradients on: its step measures the gradients")
         self.labels = self.model.gradient_labels()
+        variables = self.model.trainable_variables
+        # One compiled call for every weight norm: one eager norm per variable costs far more.
+        self._weight_norms = tf.function(lambda: tf.stack([tf.norm(v) for v in variables]))
         self.layers = gradient_health.layer_groups(self.labels, recurrent_layer_names(self.model))
         self._first_step = int(self.model.optimizer.iterations.numpy())  # > 0 when resuming
         self._steps_seen = 0
@@ -279,7 +282,7 @@ class GradientMonitor(keras.callbacks.Callback):
         keep = step % self.config.every == 0 or self._steps_seen == 1
         # Weights are read for kept rows only; a weight an update left non-finite is caught then,
         # or at the next step, whose loss it makes non-finite.
-        weights = [float(tf.norm(v)) for v in self.model.trainable_variables] if keep or not finite else []
+        weights = self._weight_norms().numpy().tolist() if keep or not finite else []
         if not finite or (not all(map(math.isfinite, weights)) and self._non_finite_weight()):
             self._stop_on_non_finite(step, loss, grads, weights, applied=bool(finite))
             return
