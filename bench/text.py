@@ -185,6 +185,7 @@ def bench_generation(corpus_name: str, text: str, chars: int = 2000, batch: int 
 QUALITY_MODEL = ModelConfig(cell="gru", units=256, layers=2, dropout=0.1, embedding_dim=64)
 QUALITY_OPTIMIZER = OptimizerConfig(learning_rate=4e-3, lr_schedule="cosine")
 QUALITY_BATCH = 128
+QUALITY_SEQ_LEN = 100
 QUALITY_STEPS_PER_EPOCH = 100
 
 
@@ -228,24 +229,25 @@ def validation_loss_by_context(model: keras.Model, val_ids: np.ndarray,
     return result
 
 
-def bench_quality(minutes: float) -> dict | None:
+def bench_quality(minutes: float, seq_len: int = QUALITY_SEQ_LEN, batch: int = QUALITY_BATCH) -> dict | None:
     if not SHAKESPEARE.is_file():
         print(f"quality benchmark skipped: {SHAKESPEARE} is not there", file=sys.stderr)
         return None
-    data = prepare_text(read_corpus(SHAKESPEARE), "char", SEQ_LEN)
+    data = prepare_text(read_corpus(SHAKESPEARE), "char", seq_len)
     with tempfile.TemporaryDirectory() as workdir:
         summary = train_text_model(
             data, QUALITY_MODEL, QUALITY_OPTIMIZER,
-            TrainingConfig(epochs=100_000, batch_size=QUALITY_BATCH, steps_per_epoch=QUALITY_STEPS_PER_EPOCH,
+            TrainingConfig(epochs=100_000, batch_size=batch, steps_per_epoch=QUALITY_STEPS_PER_EPOCH,
                            patience=0, time_budget_minutes=minutes, runs_dir=str(Path(workdir) / "runs")),
-            SEQ_LEN, Path(workdir) / "saved_models" / "quality",
+            seq_len, Path(workdir) / "saved_models" / "quality",
             data_config={"corpus": "tinyshakespeare", "val_fraction": 0.1})
         model = builders.build_next_token_model(id_space_size(data.vocabulary), QUALITY_MODEL)
         model.load_weights(str(Path(summary["run_dir"]) / "best.weights.h5"))
         by_context = validation_loss_by_context(model, data.val_ids)
     result = {
         "corpus": "tinyshakespeare (last 10% validation)", "budget_minutes": minutes,
-        "model": QUALITY_MODEL.__dict__, "optimizer": QUALITY_OPTIMIZER.__dict__, "batch_size": QUALITY_BATCH,
+        "model": QUALITY_MODEL.__dict__, "optimizer": QUALITY_OPTIMIZER.__dict__, "batch_size": batch,
+        "seq_len": seq_len,
         "val_nats_per_char": summary["val_loss_nats_per_token"],
         "val_bits_per_char": summary["val_bits_per_token"],
         "val_nats_per_char_by_context": by_context,
@@ -315,7 +317,7 @@ def table() -> str:
         by_context = r.get("val_nats_per_char_by_context", {})
         rows.append(f"| quality, tiny Shakespeare, {r['budget_minutes']:g} min on {r['environment']['cpus']} CPU cores, "
                     f"{m['cell'].upper()}-{m['units']}×{m['layers']} dropout {m['dropout']}: validation loss over "
-                    f"windows of {SEQ_LEN} chars (Keras's `val_loss`) | "
+                    f"windows of {r.get('seq_len', SEQ_LEN)} chars (Keras's `val_loss`) | "
                     f"{r['val_nats_per_char']:.3f} nats/char ({r['val_bits_per_char']:.3f} bits/char) | |")
         if "windows_256" in by_context:
             rows.append(f"| quality, the same model, over windows of 256 chars (nanoGPT's measure: its block size) | "
@@ -330,6 +332,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.text", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="throughput,generation,quality")
     parser.add_argument("--quality-minutes", type=float, default=15.0)
+    parser.add_argument("--quality-seq-len", type=int, default=QUALITY_SEQ_LEN)
+    parser.add_argument("--quality-batch", type=int, default=QUALITY_BATCH)
     args = parser.parse_args(argv)
     chosen = set(args.only.split(","))
     corpus_name, text = load_corpus()
@@ -338,7 +342,7 @@ def main(argv=None) -> int:
     if "generation" in chosen:
         print(json.dumps(bench_generation(corpus_name, text), indent=2))
     if "quality" in chosen:
-        print(json.dumps(bench_quality(args.quality_minutes), indent=2))
+        print(json.dumps(bench_quality(args.quality_minutes, args.quality_seq_len, args.quality_batch), indent=2))
     print("\n" + table())
     return 0
 
