@@ -65,15 +65,24 @@ def _pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class _Queue:
-    """The requests waiting for one (model version, signature), and the thread that serves them."""
+    """The requests waiting for one (model version, signature), and the thread that serves them.
 
-    def __init__(self, options: BatchingOptions):
+    A queue idle for `idle_seconds` asks `retire` to remove it, and its thread
+    ends: versions come and go with hot-loading, and their queues with them.
+    """
+
+    def __init__(self, options: BatchingOptions, retire: Callable[["_Queue"], bool], idle_seconds: float):
         self.options = options
         self.tasks: "queue.Queue[_Task]" = queue.Queue(maxsize=options.max_batch_size * options.max_enqueued_batches)
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._retire, self._idle_seconds = retire, idle_seconds
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
 
-    def _collect(self) -> list[_Task]:
-        batch = [self.tasks.get()]
+    def _collect(self) -> list[_Task] | None:
+        try:
+            batch = [self.tasks.get(timeout=self._idle_seconds)]
+        except queue.Empty:
+            return None if self._retire(self) else []
         rows = batch[0].rows
         deadline = time.perf_counter() + self.options.batch_timeout_micros / 1e6
         while rows < self.options.max_batch_size:
@@ -125,6 +134,10 @@ class _Queue:
     def _serve(self) -> None:
         while True:  # whatever happens to one batch, the queue keeps being served
             batch = self._collect()
+            if batch is None:  # retired: nothing waits and no request can reach this queue any more
+                return
+            if not batch:
+                continue
             try:
                 self._serve_batch(batch)
             except Exception as error:  # noqa: BLE001
@@ -138,12 +151,28 @@ class BatchScheduler:
 
     Args:
         options: Batch size, timeout, queue bound, padding.
+        idle_seconds: A queue (and its thread) idle this long is removed.
     """
 
-    def __init__(self, options: BatchingOptions):
+    def __init__(self, options: BatchingOptions, idle_seconds: float = 60.0):
         self.options = options
+        self.idle_seconds = idle_seconds
         self._queues: dict[Hashable, _Queue] = {}
         self._lock = threading.Lock()
+
+    def _retire(self, batch_queue: _Queue) -> bool:
+        """Remove an idle queue, unless a request slipped in; True when removed."""
+        with self._lock:
+            if not batch_queue.tasks.empty():
+                return False
+            for key in [k for k, q in self._queues.items() if q is batch_queue]:
+                del self._queues[key]
+            return True
+
+    @property
+    def queue_count(self) -> int:
+        with self._lock:
+            return len(self._queues)
 
     def run(self, key: Hashable, run: Runner, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
         """Run `run(inputs)` as part of a batch; blocks until this request's rows are answered.
@@ -152,14 +181,13 @@ class BatchScheduler:
             QueueFull: When `max_enqueued_batches` batches are already waiting.
             Whatever `run` raised for this request.
         """
-        with self._lock:
-            if key not in self._queues:
-                self._queues[key] = _Queue(self.options)
-            batch_queue = self._queues[key]
         rows = len(next(iter(inputs.values()))) if inputs else 0
         task = _Task(run, inputs, rows, Future())
-        try:
-            batch_queue.tasks.put_nowait(task)
-        except queue.Full:
-            raise QueueFull("too many requests waiting for this model; retry later") from None
+        with self._lock:  # with the lock, a queue is never retired between lookup and put
+            if key not in self._queues:
+                self._queues[key] = _Queue(self.options, self._retire, self.idle_seconds)
+            try:
+                self._queues[key].tasks.put_nowait(task)
+            except queue.Full:
+                raise QueueFull("too many requests waiting for this model; retry later") from None
         return task.future.result()

@@ -97,3 +97,19 @@ def test_server_takes_tensorflow_serving_thread_flags():
 
     args = build_parser().parse_args(["--tensorflow_intra_op_parallelism", "2", "--tensorflow_inter_op_parallelism", "1"])
     assert (args.tensorflow_intra_op_parallelism, args.tensorflow_inter_op_parallelism) == (2, 1)
+
+
+def test_an_idle_queue_and_its_thread_go_away_and_come_back_when_needed():
+    scheduler = BatchScheduler(BatchingOptions(batch_timeout_micros=1000), idle_seconds=0.2)
+    add_one = lambda inputs: {"y": inputs["x"] + 1}  # noqa: E731
+    before = threading.active_count()
+    for version in range(5):  # as hot-loading brings new versions: one queue each
+        assert scheduler.run(("model", version, "serving_default"), add_one, {"x": np.array([1.0])})["y"][0] == 2.0
+    assert scheduler.queue_count == 5
+    deadline = threading.Event()
+    for _ in range(50):
+        if scheduler.queue_count == 0 and threading.active_count() <= before:
+            break
+        deadline.wait(0.1)
+    assert scheduler.queue_count == 0 and threading.active_count() <= before
+    assert scheduler.run(("model", 9, "serving_default"), add_one, {"x": np.array([5.0])})["y"][0] == 6.0
