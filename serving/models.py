@@ -204,6 +204,19 @@ class ModelManager:
             rows += [(v, "END", "") for v in self._unloaded.get(name, set()) if v not in loaded]
         return sorted(rows)
 
+    def unavailable_labels(self) -> list[str]:
+        """Labels that point at a version not loaded now, each described in words.
+
+        TensorFlow Serving refuses such labels (FAILED_PRECONDITION) unless it
+        runs with --allow_version_labels_for_unavailable_models.
+        """
+        with self._lock:
+            return [f"label {label!r} of model {name!r} points at version {version}, which is not available "
+                    f"(loaded: {', '.join(map(str, sorted(self._loaded.get(name, {})))) or 'none'})"
+                    for name, config in sorted(self._configs.items())
+                    for label, version in sorted(config.version_labels.items())
+                    if version not in self._loaded.get(name, {})]
+
     def names(self) -> list[str]:
         with self._lock:
             return sorted(self._configs)

@@ -270,9 +270,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     """tensorflow.serving.ModelService: version status and config reloads."""
 
-    def __init__(self, models: ModelManager, allowed_roots: Sequence[Path] = ()):
+    def __init__(self, models: ModelManager, allowed_roots: Sequence[Path] = (),
+                 allow_labels_for_unavailable: bool = False):
         self.models = models
         self.allowed_roots = list(allowed_roots)
+        self.allow_labels_for_unavailable = allow_labels_for_unavailable
 
     def GetModelStatus(self, request, context):
         try:
@@ -309,6 +311,12 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             log.exception("applying a new model config failed")
             response.status.error_code = 13  # INTERNAL
             response.status.error_message = f"the new config is in place, but applying it failed: {error}"
+            return response
+        unavailable = [] if self.allow_labels_for_unavailable else self.models.unavailable_labels()
+        if unavailable:  # as TensorFlow Serving answers: the models are reloaded, the label cannot serve
+            response.status.error_code = 9  # FAILED_PRECONDITION
+            response.status.error_message = (f"{unavailable[0]}; requests by that label get NOT_FOUND until it "
+                                             "loads (--allow_version_labels_for_unavailable_models accepts this)")
         return response
 
 
@@ -327,13 +335,15 @@ class Server:
         limits: Rows and elements a request may hold.
         allowed_model_roots: Directories a reload request may point base paths into, besides
             those holding the base paths of `model_config_file`.
+        allow_version_labels_for_unavailable_models: Accept labels naming a version not loaded
+            (otherwise a reload answers FAILED_PRECONDITION, as TensorFlow Serving does).
     """
 
     def __init__(self, model_config_file: str, host: str = "127.0.0.1", port: int = 8500,
                  file_system_poll_wait_seconds: float = 1.0, model_config_file_poll_wait_seconds: float = 0.0,
                  max_workers: int = 16, batching: Optional[BatchingOptions] = None, rest_api_port: int = 0,
                  monitoring=None, limits: RequestLimits = RequestLimits(),
-                 allowed_model_roots: Sequence[str] = ()):
+                 allowed_model_roots: Sequence[str] = (), allow_version_labels_for_unavailable_models: bool = False):
         self.config_path = Path(model_config_file)
         config = tfs_config.read_model_config(self.config_path)
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=[
@@ -357,7 +367,10 @@ class Server:
         self.predictions = PredictionService(self.models, scheduler, self.metrics, limits)
         roots = tfs_config.model_roots(config) + [Path(root) for root in allowed_model_roots]
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self.predictions, self.grpc)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(self.models, roots), self.grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelService(self.models, roots, allow_version_labels_for_unavailable_models), self.grpc)
+        for problem in ([] if allow_version_labels_for_unavailable_models else self.models.unavailable_labels()):
+            log.warning("%s: requests by that label get NOT_FOUND until it loads", problem)
         metrics_path = (prometheus.path or "/monitoring/prometheus/metrics") if self.metrics else None
         self.rest = (RestServer(self.predictions, self.models, host, rest_api_port, self.metrics, metrics_path)
                      if rest_api_port else None)
@@ -411,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allowed_model_root", action="append", default=[],
                         help="a directory reload requests may point base paths into (repeatable); the "
                              "directories holding models.config's base paths are always allowed")
+    parser.add_argument("--allow_version_labels_for_unavailable_models", nargs="?", const=True, default=False,
+                        type=_flag, help="accept version labels naming a version that is not loaded")
     parser.add_argument("--max_request_rows", type=int, default=RequestLimits.max_rows,
                         help="rows (batch size) one request may send per input")
     parser.add_argument("--max_request_elements", type=int, default=RequestLimits.max_elements,
@@ -449,7 +464,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         args.model_config_file_poll_wait_seconds, args.max_workers, batching,
                         args.rest_api_port, monitoring,
                         RequestLimits(args.max_request_rows, args.max_request_elements),
-                        args.allowed_model_root).start()
+                        args.allowed_model_root, args.allow_version_labels_for_unavailable_models).start()
     except (tfs_config.ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

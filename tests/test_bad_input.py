@@ -29,6 +29,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_management_pb2, model_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
+from google.protobuf import text_format
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
@@ -113,18 +114,22 @@ def rpc(method: str, message) -> Callable[[dict], tuple[str, str]]:
     return send
 
 
-def reload(**model: str) -> Callable[[dict], tuple[str, str]]:
-    """A HandleReloadConfigRequest naming one model; the answer is the status in its reply."""
+def reload(models: str) -> Callable[[dict], tuple[str, str]]:
+    """A HandleReloadConfigRequest (its `config` entries as text proto, `{models}` the model root);
+    the answer is the status in its reply."""
     def send(served):
-        config = model_server_config_pb2.ModelServerConfig()
-        config.model_config_list.config.add(model_platform="tensorflow", **{
-            key: value.format(**served) for key, value in model.items()})
+        config = text_format.Parse("model_config_list {" + models.replace("{models}", served["models"]) + "}",
+                                   model_server_config_pb2.ModelServerConfig())
         with grpc.insecure_channel(served["target"]) as channel:
             reply = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
                 model_management_pb2.ReloadConfigRequest(config=config), timeout=60)
-        return {0: "OK", 3: "INVALID_ARGUMENT"}.get(reply.status.error_code, str(reply.status.error_code)), \
-            reply.status.error_message
+        code = next(c for c in grpc.StatusCode if c.value[0] == reply.status.error_code)
+        return code.name, reply.status.error_message
     return send
+
+
+SERVED = ('config { name: "text" base_path: "{models}/text" model_platform: "tensorflow" } '
+          'config { name: "stock" base_path: "{models}/stock" model_platform: "tensorflow" }')
 
 
 def rest(path: str) -> Callable[[dict], tuple[str, str]]:
@@ -193,11 +198,14 @@ SERVER_CASES = [
     Case("server (gRPC)", "Classify (the models have Predict signatures only)", "UNIMPLEMENTED", "use Predict",
          rpc("Classify", classification_pb2.ClassificationRequest())),
     Case("server (reload)", "a reload pointing a model at a directory outside the model roots", "INVALID_ARGUMENT",
-         "outside the allowed model roots", reload(name="text", base_path="/etc")),
+         "outside the allowed model roots", reload('config { name: "text" base_path: "/etc" }')),
     Case("server (reload)", "a reload escaping the model root with '..'", "INVALID_ARGUMENT",
-         "outside the allowed model roots", reload(name="text", base_path="{models}/../../..")),
+         "outside the allowed model roots", reload('config { name: "text" base_path: "{models}/../../.." }')),
     Case("server (reload)", "a reload with a model name holding a path", "INVALID_ARGUMENT",
-         "model name '../text' is not allowed", reload(name="../text", base_path="{models}/text")),
+         "model name '../text' is not allowed", reload('config { name: "../text" base_path: "{models}/text" }')),
+    Case("server (reload)", "a reload labelling a version that is not loaded", "FAILED_PRECONDITION",
+         "label 'canary' of model 'text' points at version 7, which is not available",
+         reload(SERVED.replace('tensorflow" }', 'tensorflow" version_labels { key: "canary" value: 7 } }', 1))),
     Case("server (REST)", "a path traversal in the URL", "HTTP 404", "no such endpoint",
          rest("/v1/models/../../etc/passwd")),
     Case("server (REST)", "an encoded path traversal as the model name", "HTTP 404",
