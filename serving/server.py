@@ -60,22 +60,31 @@ def _graph_error_message(error: tf.errors.OpError) -> str:
     return text.removeprefix("assertion failed: [").rstrip("]")
 
 
+def check_names(names, signature, signature_name: str) -> None:
+    """Every input the signature takes, and no other.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT naming the first missing or unknown input and listing the inputs.
+    """
+    specs = signature.structured_input_signature[1]
+    missing = sorted(set(specs) - set(names))
+    unknown = sorted(set(names) - set(specs))
+    if missing or unknown:
+        expected = ", ".join(f"{name} ({spec.dtype.name} {spec.shape.as_list()})"
+                             for name, spec in sorted(specs.items()))
+        problem = f"unknown input {unknown[0]!r}" if unknown else f"missing input {missing[0]!r}"
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"{problem} for signature {signature_name!r}; it takes: {expected}")
+
+
 def check_inputs(arrays: dict[str, np.ndarray], signature, signature_name: str) -> dict[str, np.ndarray]:
     """Inputs checked against the signature: names and shapes (dtypes are the decoder's job).
 
     Raises:
         ServingError: INVALID_ARGUMENT naming the input and what it should be.
     """
-    specs = signature.structured_input_signature[1]
-    missing = sorted(set(specs) - set(arrays))
-    unknown = sorted(set(arrays) - set(specs))
-    if missing or unknown:
-        expected = ", ".join(f"{name} ({spec.dtype.name} {spec.shape.as_list()})"
-                             for name, spec in sorted(specs.items()))
-        problem = f"missing input {missing[0]!r}" if missing else f"unknown input {unknown[0]!r}"
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"{problem} for signature {signature_name!r}; it takes: {expected}")
-    for name, spec in specs.items():
+    check_names(arrays, signature, signature_name)
+    for name, spec in signature.structured_input_signature[1].items():
         if not spec.shape.is_compatible_with(arrays[name].shape):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"input {name!r} must have shape {spec.shape.as_list()} (None: any size), "
@@ -89,11 +98,15 @@ class RequestLimits:
 
     Attributes:
         max_rows: Rows (leading batch dimension) per input.
-        max_elements: Elements per input, checked on the declared shape before anything is allocated.
+        max_elements: Elements in all inputs together, checked on the declared shapes before anything
+            is allocated.
+        max_string_bytes: Bytes of all strings together once decoded (a TensorProto repeats its last
+            string to fill its shape: one long string could otherwise become gigabytes).
     """
 
     max_rows: int = 256
     max_elements: int = 4 * 1024 * 1024
+    max_string_bytes: int = MAX_MESSAGE_BYTES
 
     def check_rows(self, arrays: dict[str, np.ndarray]) -> None:
         for name, array in arrays.items():
@@ -113,27 +126,50 @@ def _proto_dtype(name: str, proto) -> Optional[tf.dtypes.DType]:
                            f"input {name!r} has an unknown dtype enum {proto.dtype}") from None
 
 
-def decode_tensor_protos(request_inputs, signature, limits: RequestLimits = RequestLimits()) -> dict[str, np.ndarray]:
+def _declared_dims(name: str, proto) -> list[int]:
+    dims = [dim.size for dim in proto.tensor_shape.dim]
+    if any(size < 0 for size in dims) or proto.tensor_shape.unknown_rank:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input {name!r} has a shape with unknown or negative sizes: {dims}")
+    return dims
+
+
+def _string_bytes(proto, elements: int) -> int:
+    """Bytes of a string tensor once decoded, its last string repeated to fill the shape as TensorFlow does."""
+    values = proto.string_val
+    return sum(map(len, values)) + max(0, elements - len(values)) * (len(values[-1]) if values else 0)
+
+
+def decode_tensor_protos(request_inputs, signature, limits: RequestLimits = RequestLimits(),
+                         signature_name: str = "serving_default") -> dict[str, np.ndarray]:
     """gRPC TensorProtos to arrays, each of the dtype its signature input declares.
 
-    The declared shape is checked before decoding: a proto can claim a huge
-    shape in a few bytes, and decoding it would allocate that much.
+    Names, dtypes and declared sizes are all checked before anything is
+    decoded: a proto can claim a huge shape in a few bytes, and decoding it
+    would allocate that much.
     """
     specs = signature.structured_input_signature[1]
-    arrays = {}
+    check_names(request_inputs, signature, signature_name)
+    elements = string_bytes = 0
     for name, proto in request_inputs.items():
         dtype = _proto_dtype(name, proto)
-        if name in specs and dtype != specs[name].dtype:
+        if dtype != specs[name].dtype:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} must be "
                                f"{specs[name].dtype.name}, got {dtype.name if dtype else 'no dtype'}")
-        dims = [dim.size for dim in proto.tensor_shape.dim]
-        if any(size < 0 for size in dims) or proto.tensor_shape.unknown_rank:
+        dims = _declared_dims(name, proto)
+        elements += math.prod(dims)
+        if elements > limits.max_elements:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} has a shape with unknown or negative sizes: {dims}")
-        if math.prod(dims) > limits.max_elements:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} of shape {dims} holds {math.prod(dims):,} elements, over the "
-                               f"limit of {limits.max_elements:,} per input")
+                               f"input {name!r} of shape {dims} brings the request to {elements:,} elements, over "
+                               f"the limit of {limits.max_elements:,} per request")
+        if dtype == tf.string:
+            string_bytes += _string_bytes(proto, math.prod(dims))
+            if string_bytes > limits.max_string_bytes:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"input {name!r} brings the request to {string_bytes:,} bytes of strings once "
+                                   f"decoded, over the limit of {limits.max_string_bytes:,}")
+    arrays = {}
+    for name, proto in request_inputs.items():
         try:
             arrays[name] = tf.make_ndarray(proto)
         except Exception as error:  # noqa: BLE001 - a malformed TensorProto
@@ -224,7 +260,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             loaded, name, outputs = self.predict_arrays(
                 spec.name, spec.version.value if spec.HasField("version") else None,
                 spec.version_label if spec.HasField("version_label") else None, spec.signature_name,
-                lambda signature: decode_tensor_protos(request.inputs, signature, self.limits), request.output_filter)
+                lambda signature: decode_tensor_protos(request.inputs, signature, self.limits,
+                                                       spec.signature_name or "serving_default"),
+                request.output_filter)
             response = predict_pb2.PredictResponse(model_spec=model_pb2.ModelSpec(
                 name=loaded.name, version=wrappers_pb2.Int64Value(value=loaded.version), signature_name=name))
             for key, value in outputs.items():
@@ -429,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_request_rows", type=int, default=RequestLimits.max_rows,
                         help="rows (batch size) one request may send per input")
     parser.add_argument("--max_request_elements", type=int, default=RequestLimits.max_elements,
-                        help="elements one request may send per input")
+                        help="elements one request may send, all inputs together")
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
     parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0)
     parser.add_argument("--max_workers", type=int, default=16)
