@@ -196,6 +196,9 @@ class TrainingConfig:
         self.monitor.validate()
         _require(self.strategy in STRATEGIES,
                  f"unknown --strategy {self.strategy!r}; choose one of: {', '.join(STRATEGIES)}")
+        _require(not (self.strategy == "multiworker" and self.time_budget_minutes),
+                 "--time-budget-minutes cannot be used with --strategy multiworker: each worker's clock would "
+                 "stop it at another step; use --epochs")
         _require(self.epochs > 0, f"--epochs must be a positive integer, got {self.epochs}")
         _require(self.batch_size > 0,
                  f"--batch-size must be a positive integer, got {self.batch_size}")

@@ -19,6 +19,13 @@ Only the chief (worker 0, or the task of type "chief") writes the run
 directory, checkpoints, logs and the export. The other workers take part in
 every step, every save and the export (saving may need collectives) but write
 into a scratch directory that is deleted when they finish.
+
+Every worker must stop at the same step, or the others wait forever in the
+next all-reduce: so a multi-worker run has no wall-time budget (each worker's
+clock would stop it at another step) and no BackupAndRestore (the other
+workers cannot read the chief's backup): a killed multi-worker run is started
+again with a new --run-id. Early stopping is safe: the validation loss is the
+same on every worker.
 """
 
 from __future__ import annotations
@@ -84,8 +91,12 @@ def _fix_keras_multi_worker_fit() -> None:
 
     def reduce_per_replica(values, strategy, reduction):
         if trainer._collective_all_reduce_multi_worker(strategy) and reduction in ("auto", "mean"):
-            return tf.nest.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0), values)
+            def rank(v):  # a PerReplica value (several devices per worker) has no shape of its own
+                local = strategy.experimental_local_results(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v
+                return local.shape.rank
+
+            return tf.nest.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None if rank(v) == 0 else 0),
+                                         values)
         return original_reduce(values, strategy, reduction)
 
     original_build = trainer.TensorFlowTrainer._maybe_symbolic_build

@@ -184,10 +184,13 @@ class MonitoredModel(keras.Model):
         grad_norm = tf.norm(grad_norms)
         clipped_norm = clipped_global_norm(self.optimizer, grads, grad_norms)
         finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(grad_norms)), tf.math.is_finite(loss))
+        self.skips_non_finite_steps = not tf.distribute.has_strategy()  # read by GradientMonitor
         if tf.distribute.has_strategy():
             # The update synchronises replicas (merge_call, all-reduce), which tf.distribute allows
             # in no control flow, and no replica may skip a step alone: apply it, as Keras does.
-            # A non-finite step still stops training at the monitor's next check.
+            # Every replica gets the same verdict, so all monitors stop at the same step.
+            non_finite = tf.cast(tf.logical_not(finite), tf.float32)
+            finite = tf.distribute.get_replica_context().all_reduce("SUM", non_finite) == 0
             self.optimizer.apply(grads, variables)
         else:  # A non-finite step is skipped, as Keras's LossScaleOptimizer skips one.
             tf.cond(finite, lambda: self.optimizer.apply(grads, variables), lambda: None)
@@ -284,7 +287,8 @@ class GradientMonitor(keras.callbacks.Callback):
         # or at the next step, whose loss it makes non-finite.
         weights = self._weight_norms().numpy().tolist() if keep or not finite else []
         if not finite or (not all(map(math.isfinite, weights)) and self._non_finite_weight()):
-            self._stop_on_non_finite(step, loss, grads, weights, applied=bool(finite))
+            applied = bool(finite) or not getattr(self.model, "skips_non_finite_steps", True)
+            self._stop_on_non_finite(step, loss, grads, weights, applied=applied)
             return
         self._epoch_norms.append(grad_norm)
         self._epoch_clipped += clipped_norm < grad_norm * (1 - 1e-6)

@@ -272,12 +272,13 @@ def standard_callbacks(run: RunDirectory, config: TrainingConfig,
         optimizer_config: Selects ReduceLROnPlateau for the `"plateau"` schedule.
 
     Returns:
-        BackupAndRestore, ModelCheckpoint (best validation loss, carried over
+        BackupAndRestore (not with several workers), ModelCheckpoint (best validation loss, carried over
         when resuming), CSVLogger, TensorBoard, TerminateOnNaN, and where
         configured EarlyStopping and ReduceLROnPlateau.
     """
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(run.backup)),
+    # Resuming needs every worker to read the backup: not with several workers (model/distribute.py).
+    backup = [keras.callbacks.BackupAndRestore(str(run.backup))] if config.strategy != "multiworker" else []
+    callbacks = backup + [
         keras.callbacks.ModelCheckpoint(
             str(run.best_weights), monitor="val_loss", save_best_only=True,
             save_weights_only=True, initial_value_threshold=run.best_val_loss_so_far()),
@@ -344,7 +345,8 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
         monitor = GradientMonitor(config.monitor, run.path, probe=probe)
         # After BackupAndRestore (which restores the weights it reads first), before
         # CSVLogger and TensorBoard (which then log the epoch summaries it adds).
-        callbacks.insert(1, monitor)
+        after_backup = sum(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks)
+        callbacks.insert(after_backup, monitor)
     if hasattr(model, "monitor_gradients"):
         model.monitor_gradients = monitor is not None
     budget = None

@@ -60,7 +60,8 @@ def channel_target(target: Union[str, Sequence[str]]) -> str:
         ValueError: An entry that is not `host:port`, or a host that does not resolve.
     """
     if isinstance(target, str):
-        targets = [t.strip() for t in target.split(",")] if "," in target and "://" not in target else [target]
+        has_scheme = target.split(":", 1)[0] in ("dns", "ipv4", "ipv6", "unix", "unix-abstract")
+        targets = [target] if has_scheme or "," not in target else [t.strip() for t in target.split(",")]
     else:
         targets = list(target)
     if len(targets) == 1:
@@ -74,7 +75,9 @@ def channel_target(target: Union[str, Sequence[str]]) -> str:
             info = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
         except socket.gaierror as error:
             raise ValueError(f"target {entry!r} does not resolve: {error.strerror}") from None
-        family, address = info[0][0], info[0][4][0]
+        # An IPv4 address first: a name such as localhost often resolves to ::1 first, where
+        # servers bound to 127.0.0.1 (the default here) do not listen.
+        family, _, _, _, (address, *_) = min(info, key=lambda entry: entry[0] != socket.AF_INET)
         addresses.append((family, f"[{address}]:{port}" if family == socket.AF_INET6 else f"{address}:{port}"))
     families = {family for family, _ in addresses}
     if len(families) > 1:

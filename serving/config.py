@@ -138,8 +138,12 @@ def check_base_paths_within(config: model_server_config_pb2.ModelServerConfig, r
 
 
 def model_roots(config: model_server_config_pb2.ModelServerConfig, root: Path = Path(".")) -> list[Path]:
-    """The directories holding the base paths of a trusted config (the file the server started with)."""
-    return sorted({resolve_base_path(model.base_path, root).parent for model in config.model_config_list.config})
+    """The directories holding the base paths of a trusted config (the file the server started with).
+
+    A base path directly under the filesystem root is its own root: "/" would allow everything.
+    """
+    paths = [resolve_base_path(model.base_path, root) for model in config.model_config_list.config]
+    return sorted({path.parent if path.parent != path.parent.parent else path for path in paths})
 
 
 def read_model_config(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,11 @@ def start_server(config: Path, *flags: str, port: int = 0) -> tuple[subprocess.P
     process = subprocess.Popen(
         [sys.executable, "-m", "serving.server", "--model_config_file", str(config), "--port", str(port), *flags],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    line = process.stdout.readline()
+    watchdog = threading.Timer(180, process.kill)  # a server that never comes up fails the test, not hangs it
+    watchdog.start()
+    try:
+        line = process.stdout.readline()
+    finally:
+        watchdog.cancel()
     assert line.startswith("serving on "), line
     return process, line.split()[2].rstrip(":")

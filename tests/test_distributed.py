@@ -52,18 +52,26 @@ print(json.dumps({"chief": summary["chief"], "worker": summary["worker"],
 
 
 def run_worker(corpus: Path, workdir: Path, weights: Path, strategy: str, tf_config: dict | None = None):
+    """A worker process; its output goes to files (a full pipe would stall it in the middle of a collective)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("TF_CONFIG", None)
     if tf_config is not None:
         env["TF_CONFIG"] = json.dumps(tf_config)
-    return subprocess.Popen([sys.executable, "-c", WORKER, str(corpus), str(workdir), str(weights), strategy],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    scratch = weights.parent / f"{weights.stem}-tmp"  # its own TMPDIR: the scratch check reads only this
+    scratch.mkdir()
+    env["TMPDIR"] = str(scratch)
+    out, err = open(weights.with_suffix(".out"), "w"), open(weights.with_suffix(".err"), "w")
+    process = subprocess.Popen([sys.executable, "-c", WORKER, str(corpus), str(workdir), str(weights), strategy],
+                               cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+    process.files = (weights.with_suffix(".out"), weights.with_suffix(".err"), scratch)
+    return process
 
 
 def finish(process: subprocess.Popen) -> dict:
-    out, err = process.communicate(timeout=600)
-    assert process.returncode == 0, err[-3000:]
-    return json.loads(out.strip().splitlines()[-1])
+    process.wait(timeout=600)
+    out, err, _ = process.files
+    assert process.returncode == 0, err.read_text()[-3000:]
+    return json.loads(out.read_text().strip().splitlines()[-1])
 
 
 def load_weights(path: Path) -> list[np.ndarray]:
@@ -78,8 +86,15 @@ def trained(corpus_file, tmp_path_factory):
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     workers = [run_worker(corpus_file, multi_dir, multi_dir / f"w{i}.npz", "multiworker",
                           {"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(2)]
-    reports = [finish(worker) for worker in workers]
-    return {"single": single, "reports": reports, "single_dir": single_dir, "multi_dir": multi_dir}
+    try:
+        reports = [finish(worker) for worker in workers]
+    finally:  # one failed worker leaves the other waiting in a collective: stop it
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    return {"single": single, "reports": reports, "single_dir": single_dir, "multi_dir": multi_dir,
+            "scratch": [worker.files[2] for worker in workers]}
 
 
 def test_two_workers_end_with_identical_weights(trained):
@@ -107,7 +122,7 @@ def test_only_the_chief_writes_the_run_and_the_export(trained):
     runs = list((trained["multi_dir"] / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "summary.json").is_file()
     assert [p.name for p in (trained["multi_dir"] / "saved_models" / "text").iterdir()] == ["1"]
-    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("rnn-worker-*")), "a worker left its scratch"
+    assert not [p for scratch in trained["scratch"] for p in scratch.glob("rnn-worker-*")], "a worker left its scratch"
 
 
 def test_multiworker_without_tf_config_is_a_clean_error(corpus_file, tmp_path):
@@ -176,3 +191,11 @@ def test_a_model_set_to_cudnn_kernels_exports_a_graph_a_cpu_server_runs(cell, tm
     assert not any(layer.get_config().get("use_cudnn") is True for layer in portable.layers)
     window = np.linspace(10.0, 11.0, 5, dtype=np.float32)[None, :, None]
     np.testing.assert_allclose(portable.predict(window, verbose=0), series_model.predict(window, verbose=0), atol=1e-6)
+
+
+def test_multiworker_refuses_a_wall_time_budget(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pipelines.text", "--strategy", "multiworker",
+                             "--time-budget-minutes", "5", "--output", str(tmp_path / "sm" / "t")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "--time-budget-minutes cannot be used with --strategy multiworker" in result.stderr

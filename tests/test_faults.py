@@ -59,7 +59,7 @@ def test_kill_9_during_training_then_rerun_resumes_and_matches_an_uninterrupted_
     epochs_done = RNG.randint(1, 4)  # a random step: after a random epoch, a random time into the next
     wait_for(lambda: history.is_file() and len(history.read_text().splitlines()) > epochs_done
              or process.poll() is not None, 300, f"epoch {epochs_done}")
-    delay = RNG.uniform(0.0, 0.3)
+    delay = RNG.uniform(0.0, 0.15)  # well inside the next epoch, away from its backup save
     time.sleep(delay)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
@@ -102,6 +102,14 @@ def test_kill_9_during_export_never_leaves_a_partial_version_visible(tmp_path):
     config.write_text(f'model_config_list {{ config {{ name: "text" base_path: "{base}" '
                       'model_platform: "tensorflow" model_version_policy { all {} } } }')
     server, target = start_server(config, "--file_system_poll_wait_seconds", "0.1")
+    try:
+        kill_exports_and_check(base, target)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def kill_exports_and_check(base: Path, target: str) -> None:
     kills = []
     for round_ in range(3):
         process = subprocess.Popen([sys.executable, "-c", EXPORT_LOOP, str(base)], cwd=ROOT,
@@ -127,8 +135,6 @@ def test_kill_9_during_export_never_leaves_a_partial_version_visible(tmp_path):
         wait_for(lambda: len(client.status()) == len(complete_versions(base)), 60, "the server to see every version")
         failed = [row for row in client.status() if row["error"]]
         assert not failed, f"the server saw a partial version: {failed} (kills at {kills})"
-    server.send_signal(signal.SIGTERM)
-    server.wait(timeout=30)
 
 
 # ----------------------------------------------------------------------------- serving
@@ -185,23 +191,23 @@ def test_a_server_restart_while_clients_send_costs_no_request_and_no_wrong_answe
                     continue
                 answers.append((time.monotonic(), prompt, out["top_k_probabilities"][0]))
 
-    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(4)]
     for thread in threads:
         thread.start()
-    wait_for(lambda: len(answers) >= 20, 60, "answers before the restart")
-    time.sleep(RNG.uniform(0.0, 0.5))
-    old = one_model_server["process"][0]
-    old.send_signal(signal.SIGKILL)  # a crash, not a polite stop
-    old.wait(timeout=30)
-    killed_at = time.monotonic()
-    new, _ = start_server(one_model_server["config"], port=one_model_server["port"])
-    one_model_server["process"].append(new)
-    wait_for(lambda: sum(t > killed_at for t, _, _ in answers) >= 20, 120, "answers after the restart")
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=90)
+    try:
+        wait_for(lambda: len(answers) >= 20, 60, "answers before the restart")
+        time.sleep(RNG.uniform(0.0, 0.5))
+        old = one_model_server["process"][0]
+        old.send_signal(signal.SIGKILL)  # a crash, not a polite stop
+        old.wait(timeout=30)
+        killed_at = time.monotonic()
+        new, _ = start_server(one_model_server["config"], port=one_model_server["port"])
+        one_model_server["process"].append(new)  # the fixture stops it
+        wait_for(lambda: sum(t > killed_at for t, _, _ in answers) >= 20, 120, "answers after the restart")
+    finally:  # a failed wait must not leave clients looping
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=90)
     assert not errors, errors[:3]
     for _, prompt, probabilities in answers:
         np.testing.assert_allclose(probabilities, truth[prompt], atol=1e-5)
-    new.send_signal(signal.SIGTERM)
-    new.wait(timeout=30)

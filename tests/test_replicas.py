@@ -34,12 +34,18 @@ def replicas(exported_lstm, tmp_path):
     config.write_text(f'model_config_list {{ config {{ name: "text" base_path: "{tmp_path / "models" / "text"}" '
                       'model_platform: "tensorflow" } }')
     servers = []
-    for _ in range(2):
-        rest_port = free_port()
-        process, target = start_server(config, "--rest_api_port", str(rest_port), "--monitoring_config_file",
-                                       str(ROOT / "serving" / "monitoring.config"))
-        servers.append({"process": process, "target": target, "rest_port": rest_port})
-    yield servers
+    try:
+        for _ in range(2):
+            rest_port = free_port()
+            process, target = start_server(config, "--rest_api_port", str(rest_port), "--monitoring_config_file",
+                                           str(ROOT / "serving" / "monitoring.config"))
+            servers.append({"process": process, "target": target, "rest_port": rest_port})
+        yield servers
+    finally:
+        stop_all(servers)
+
+
+def stop_all(servers: list[dict]) -> None:
     for server in servers:
         if server["process"].poll() is None:
             server["process"].send_signal(signal.SIGTERM)
@@ -73,22 +79,24 @@ def test_requests_spread_over_both_replicas_and_a_killed_one_costs_nothing(repli
                     continue
                 answers.append((time.monotonic(), prompt, out["top_k_probabilities"][0]))
 
-    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(4)]
+    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(4)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 120
-    while min(ok_requests(server["rest_port"]) for server in replicas) < 20:  # both replicas answer
-        assert time.monotonic() < deadline, [ok_requests(s["rest_port"]) for s in replicas]
-        time.sleep(0.1)
-    replicas[0]["process"].send_signal(signal.SIGKILL)  # a replica dies mid-run
-    replicas[0]["process"].wait(timeout=30)
-    killed_at, survivor_before = time.monotonic(), ok_requests(replicas[1]["rest_port"])
-    while sum(t > killed_at for t, _, _ in answers) < 100:
-        assert time.monotonic() < deadline + 60, "too few answers after the kill"
-        time.sleep(0.05)
-    stop.set()
-    for thread in threads:
-        thread.join(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while min(ok_requests(server["rest_port"]) for server in replicas) < 20:  # both replicas answer
+            assert time.monotonic() < deadline, [ok_requests(s["rest_port"]) for s in replicas]
+            time.sleep(0.1)
+        replicas[0]["process"].send_signal(signal.SIGKILL)  # a replica dies mid-run
+        replicas[0]["process"].wait(timeout=30)
+        killed_at, survivor_before = time.monotonic(), ok_requests(replicas[1]["rest_port"])
+        while sum(t > killed_at for t, _, _ in answers) < 100:
+            assert time.monotonic() < deadline + 60, "too few answers after the kill"
+            time.sleep(0.05)
+    finally:  # a failed wait must not leave clients looping after the servers are gone
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
     assert not errors, errors[:3]
     assert ok_requests(replicas[1]["rest_port"]) - survivor_before >= 100  # the survivor took over
     for _, prompt, probabilities in answers:
