@@ -108,6 +108,7 @@ class PredictionClient:
             raise ValueError("pass a version or a label, not both")
         self.model, self.version, self.label = model, version, label
         self.timeout, self.retries = timeout, retries
+        self.target = target if isinstance(target, str) else ",".join(target)
         self.channel = grpc.insecure_channel(channel_target(target), options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -143,7 +144,10 @@ class PredictionClient:
                 retry = (error.code() == grpc.StatusCode.UNAVAILABLE and attempt < self.retries
                          and time.monotonic() + delay < deadline)
                 if not retry:
-                    raise ServingCallError(error.code(), error.details()) from None
+                    details = error.details()
+                    if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                        details += f" (no answer from {self.target} within {self.timeout:g} s: is a server running there?)"
+                    raise ServingCallError(error.code(), details) from None
                 time.sleep(delay)
                 delay = min(2 * delay, 1.0)
 
