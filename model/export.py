@@ -58,6 +58,31 @@ def version_numbers(base_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in base_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def remove_abandoned_staging(base: Path) -> list[Path]:
+    """Remove staging directories whose exporter died (kill -9, power loss) on this machine.
+
+    A staging directory is named `.export-<pid>-...` after the process writing
+    it; one whose process no longer runs will never be renamed into place.
+
+    Returns:
+        The directories removed.
+    """
+    removed = []
+    for path in base.glob(".export-*"):
+        pid = path.name.split("-")[1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: does the process exist?
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except PermissionError:  # it exists, as another user
+            continue
+    return removed
+
+
 def export_new_version(base_dir: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Write a new version of a model, atomically.
 
@@ -71,7 +96,8 @@ def export_new_version(base_dir: str | os.PathLike, write: Callable[[Path], None
     """
     base = check_export_base(base_dir)
     base.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=base))
+    remove_abandoned_staging(base)
+    staging = Path(tempfile.mkdtemp(prefix=f".export-{os.getpid()}-", dir=base))
     try:
         write(staging)
         os.chmod(staging, 0o755)  # mkdtemp makes it 0700: a server running as another user could not read it

@@ -206,3 +206,19 @@ def test_versions_increment_and_a_failed_export_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         export_new_version(base, broken)
     assert sorted(p.name for p in base.iterdir()) == ["1", "2"]
+
+
+def test_staging_left_by_a_dead_exporter_is_removed_and_a_live_ones_is_kept(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from model.export import remove_abandoned_staging
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = tmp_path / f".export-{int(dead.stdout)}-abc"
+    (abandoned / "variables").mkdir(parents=True)
+    live = tmp_path / f".export-{os.getppid()}-def"  # pytest's parent: alive
+    live.mkdir()
+    assert remove_abandoned_staging(tmp_path) == [abandoned]
+    assert not abandoned.exists() and live.exists()

@@ -131,6 +131,11 @@ def kill_exports_and_check(base: Path, target: str) -> None:
         assert all(name.isdigit() for name in visible), visible
         assert sorted(int(name) for name in visible) == complete_versions(base), (visible, kills)
     assert complete_versions(base), "no export completed"
+    # The next export clears what the killed exporters left half-written.
+    abandoned = [p.name for p in base.glob(".export-*")]
+    from model.export import remove_abandoned_staging
+    assert sorted(p.name for p in remove_abandoned_staging(base)) == sorted(abandoned)
+    assert not list(base.glob(".export-*"))
     with PredictionClient(target, "text") as client:
         wait_for(lambda: len(client.status()) == len(complete_versions(base)), 60, "the server to see every version")
         failed = [row for row in client.status() if row["error"]]
