@@ -43,11 +43,13 @@ def model_dirs(exported_lstm, exported_stock, tmp_path_factory):
             "stock_version": stock_version, "series": exported_stock[2]}
 
 
-REST_PORT = free_port()
+REST_PORT = 0  # picked when the server starts: a port picked at import could be taken by then
 
 
 @pytest.fixture(scope="module")
 def server(model_dirs):
+    global REST_PORT
+    REST_PORT = free_port()
     process, target = start_server(model_dirs["config"], "--file_system_poll_wait_seconds", "0.3",
                                    "--rest_api_port", str(REST_PORT), "--monitoring_config_file",
                                    str(ROOT / "serving" / "monitoring.config"))
