@@ -10,6 +10,8 @@ A run lives in `runs/<run-id>/`:
       gradient_layers.json which variable belongs to which layer, initial weight norms
       backup/              BackupAndRestore state: rerun with the same
                            --run-id and a killed run resumes where it stopped
+      trained.json         training finished (killed later, in evaluation or
+                           export, the rerun does not train again)
       summary.json         written once, when the run has finished
 
 Everything here is plain Keras: `Model.fit` with Keras callbacks, plus small
@@ -108,6 +110,10 @@ class RunDirectory:
     @property
     def backup(self) -> Path:
         return self.path / "backup"
+
+    @property
+    def trained_json(self) -> Path:
+        return self.path / "trained.json"
 
     @property
     def summary_json(self) -> Path:
@@ -337,6 +343,13 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
         TrainingDiverged: The loss or the gradients became NaN or Inf. The
             run's summary.json records the diagnosis; nothing is exported.
     """
+    # Not with several workers: the others cannot see the chief's file (see model/distribute.py).
+    remember = config.strategy != "multiworker"
+    if remember and run.trained_json.exists() and run.best_weights.exists():
+        # Killed after training, before the export finished: only what follows training is redone.
+        print(f"run {run.run_id} finished training before it was interrupted: its best weights are loaded")
+        model.load_weights(str(run.best_weights))
+        return TrainingResult(**{**json.loads(run.trained_json.read_text()), "resumed": True})
     resumed = run.is_resuming
     meter = ThroughputMeter()
     callbacks = standard_callbacks(run, config, optimizer_config) + [meter, *extra_callbacks]
@@ -368,7 +381,7 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
 
     if run.best_weights.exists():
         model.load_weights(str(run.best_weights))
-    return TrainingResult(
+    result = TrainingResult(
         history={k: [float(v) for v in vs] for k, vs in history.history.items()},
         epochs_run=len(history.history.get("loss", [])),
         steps=meter.steps,
@@ -381,3 +394,6 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
         resumed=resumed,
         gradient_health=gradient_health,
     )
+    if remember:
+        run.trained_json.write_text(json.dumps(finite_or_null(dataclasses.asdict(result))) + "\n")
+    return result

@@ -83,6 +83,36 @@ def test_an_interrupted_run_resumes_where_it_stopped(corpus_file, tmp_path):
         train_tiny(corpus_file, tmp_path, "gru", epochs=4, run_id="resumable")
 
 
+class CountSteps(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+
+def test_a_run_interrupted_after_training_is_not_trained_again(corpus_file, tmp_path, monkeypatch):
+    import model.text_export
+
+    def die(*args, **kwargs):  # the process dies while exporting
+        raise Interrupt()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model.text_export, "export_text_model", die)
+        with pytest.raises(Interrupt):
+            train_tiny(corpus_file, tmp_path, "gru", epochs=2, run_id="exporting")
+    run_dir = tmp_path / "runs" / "exporting"
+    trained = json.loads((run_dir / "trained.json").read_text())
+    assert trained["epochs_run"] == 2 and not (run_dir / "summary.json").exists()
+
+    counter = CountSteps()
+    summary = train_tiny(corpus_file, tmp_path, "gru", epochs=2, run_id="exporting", extra_callbacks=[counter])
+    assert counter.steps == 0  # not trained again
+    assert summary["resumed"] and summary["epochs_run"] == 2 and history_epochs(run_dir) == [0, 1]
+    assert (Path(summary["export_path"]) / "saved_model.pb").is_file()
+
+
 def test_time_budget_stops_training(corpus_file, tmp_path):
     summary = train_tiny(corpus_file, tmp_path, "simple_rnn", epochs=50,
                          training={"time_budget_minutes": 0.02})
