@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,59 @@ def start_server(config: Path, *flags: str, port: int = 0) -> tuple[subprocess.P
         watchdog.cancel()
     assert line.startswith("serving on "), line
     return process, line.split()[2].rstrip(":")
+
+
+def publish_text_and_stock(root: Path, text_version: Path, stock_version: Path) -> tuple[Path, Path]:
+    """Version 1 of a text and a stock model under `root/saved_models`; returns that and a models.config."""
+    models = root / "saved_models"
+    copy_version(text_version, models / "text", 1)
+    copy_version(stock_version, models / "stock", 1)
+    config = root / "models.config"
+    config.write_text(f"""model_config_list {{
+      config {{ name: "text" base_path: "{models / 'text'}" model_platform: "tensorflow"
+               version_labels {{ key: "stable" value: 1 }} }}
+      config {{ name: "stock" base_path: "{models / 'stock'}" model_platform: "tensorflow" }}
+    }}""")
+    return models, config
+
+
+class LoopingClients:
+    """Clients sending next-token requests in a loop, from threads, until the `with` block ends.
+
+    Attributes:
+        answers: `(time, prompt, top_k_probabilities)` of every answer.
+        errors: The message of every failed request.
+    """
+
+    def __init__(self, target, prompts: list[str], count: int = 4, timeout: float = 60):
+        import numpy as np
+
+        from serving.client import PredictionClient, ServingCallError
+
+        self.answers, self.errors, self._stop = [], [], threading.Event()
+
+        def client_loop(index: int) -> None:
+            with PredictionClient(target, "text", timeout=timeout) as client:
+                while not self._stop.is_set():
+                    prompt = prompts[(index + len(self.answers)) % len(prompts)]
+                    try:
+                        out = client.predict({"text": np.array([prompt.encode()], dtype=object)})
+                    except ServingCallError as error:
+                        self.errors.append(str(error))
+                        continue
+                    self.answers.append((time.monotonic(), prompt, out["top_k_probabilities"][0]))
+
+        self._threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(count)]
+
+    def answered_after(self, moment: float) -> int:
+        return sum(t > moment for t, _, _ in self.answers)
+
+    def __enter__(self) -> "LoopingClients":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:  # also after a failed wait: no client may keep looping
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=90)

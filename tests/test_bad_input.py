@@ -33,7 +33,7 @@ from google.protobuf import text_format
 from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from conftest import copy_version, free_port, start_server
+from conftest import free_port, publish_text_and_stock, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = np.array([b"the quick"], dtype=object)
@@ -322,14 +322,7 @@ def markdown() -> str:
 # ----------------------------------------------------------------------------- tests
 @pytest.fixture(scope="module")
 def served(exported_lstm, exported_stock, tmp_path_factory):
-    models = tmp_path_factory.mktemp("bad-input") / "saved_models"
-    copy_version(exported_lstm[1], models / "text", 1)
-    copy_version(exported_stock[1], models / "stock", 1)
-    config = models.parent / "models.config"
-    config.write_text(f"""model_config_list {{
-      config {{ name: "text" base_path: "{models / 'text'}" model_platform: "tensorflow" }}
-      config {{ name: "stock" base_path: "{models / 'stock'}" model_platform: "tensorflow" }}
-    }}""")
+    models, config = publish_text_and_stock(tmp_path_factory.mktemp("bad-input"), exported_lstm[1], exported_stock[1])
     rest_port = free_port()
     process, target = start_server(config, "--file_system_poll_wait_seconds", "0", "--rest_api_port", str(rest_port))
     yield {"target": target, "rest_port": rest_port, "models": str(models), "process": process}

@@ -13,7 +13,6 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,8 +20,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import copy_version, free_port, start_server
-from serving.client import PredictionClient, ServingCallError
+from conftest import LoopingClients, copy_version, free_port, start_server
+from serving.client import PredictionClient
 from serving.models import complete_versions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,24 +182,8 @@ def test_a_server_restart_while_clients_send_costs_no_request_and_no_wrong_answe
     expected = tf.saved_model.load(str(exported_lstm[1])).signatures["serving_default"]
     prompts = ["the quick", "a lazy dog", "seven wizards"]
     truth = {p: expected(text=tf.constant([p]))["top_k_probabilities"].numpy()[0] for p in prompts}
-    answers, errors, stop = [], [], threading.Event()
-
-    def client_loop(index: int) -> None:
-        with PredictionClient(one_model_server["target"], "text", timeout=60) as client:
-            while not stop.is_set():
-                prompt = prompts[(index + len(answers)) % len(prompts)]
-                try:
-                    out = client.predict({"text": np.array([prompt.encode()], dtype=object)})
-                except ServingCallError as error:
-                    errors.append(str(error))
-                    continue
-                answers.append((time.monotonic(), prompt, out["top_k_probabilities"][0]))
-
-    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
-        wait_for(lambda: len(answers) >= 20, 60, "answers before the restart")
+    with LoopingClients(one_model_server["target"], prompts) as clients:
+        wait_for(lambda: len(clients.answers) >= 20, 60, "answers before the restart")
         time.sleep(RNG.uniform(0.0, 0.5))
         old = one_model_server["process"][0]
         old.send_signal(signal.SIGKILL)  # a crash, not a polite stop
@@ -208,11 +191,7 @@ def test_a_server_restart_while_clients_send_costs_no_request_and_no_wrong_answe
         killed_at = time.monotonic()
         new, _ = start_server(one_model_server["config"], port=one_model_server["port"])
         one_model_server["process"].append(new)  # the fixture stops it
-        wait_for(lambda: sum(t > killed_at for t, _, _ in answers) >= 20, 120, "answers after the restart")
-    finally:  # a failed wait must not leave clients looping
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=90)
-    assert not errors, errors[:3]
-    for _, prompt, probabilities in answers:
+        wait_for(lambda: clients.answered_after(killed_at) >= 20, 120, "answers after the restart")
+    assert not clients.errors, clients.errors[:3]
+    for _, prompt, probabilities in clients.answers:
         np.testing.assert_allclose(probabilities, truth[prompt], atol=1e-5)

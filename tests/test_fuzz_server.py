@@ -25,7 +25,7 @@ from tensorflow.core.framework import tensor_pb2
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_pb2_grpc
 
-from conftest import copy_version, start_server
+from conftest import publish_text_and_stock, start_server
 
 PROPER_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                 grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED}
@@ -35,15 +35,7 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 
 @pytest.fixture(scope="module")
 def fuzzed_server(exported_lstm, exported_stock, tmp_path_factory):
-    models = tmp_path_factory.mktemp("fuzz") / "saved_models"
-    copy_version(exported_lstm[1], models / "text", 1)
-    copy_version(exported_stock[1], models / "stock", 1)
-    config = models.parent / "models.config"
-    config.write_text(f"""model_config_list {{
-      config {{ name: "text" base_path: "{models / 'text'}" model_platform: "tensorflow"
-               version_labels {{ key: "stable" value: 1 }} }}
-      config {{ name: "stock" base_path: "{models / 'stock'}" model_platform: "tensorflow" }}
-    }}""")
+    _, config = publish_text_and_stock(tmp_path_factory.mktemp("fuzz"), exported_lstm[1], exported_stock[1])
     process, target = start_server(config, "--file_system_poll_wait_seconds", "0")
     channel = grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
     yield process, prediction_service_pb2_grpc.PredictionServiceStub(channel)

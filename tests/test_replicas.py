@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -13,8 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import copy_version, free_port, start_server
-from serving.client import PredictionClient, ServingCallError, channel_target
+from conftest import LoopingClients, copy_version, free_port, start_server
+from serving.client import channel_target
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["the quick", "a lazy dog", "seven wizards"]
@@ -65,24 +64,7 @@ def test_several_targets_become_one_round_robin_channel_target():
 def test_requests_spread_over_both_replicas_and_a_killed_one_costs_nothing(replicas, exported_lstm):
     expected = tf.saved_model.load(str(exported_lstm[1])).signatures["serving_default"]
     truth = {p: expected(text=tf.constant([p]))["top_k_probabilities"].numpy()[0] for p in PROMPTS}
-    targets = [server["target"] for server in replicas]
-    answers, errors, stop = [], [], threading.Event()
-
-    def client_loop(index: int) -> None:
-        with PredictionClient(targets, "text", timeout=30) as client:
-            while not stop.is_set():
-                prompt = PROMPTS[(index + len(answers)) % len(PROMPTS)]
-                try:
-                    out = client.predict({"text": np.array([prompt.encode()], dtype=object)})
-                except ServingCallError as error:
-                    errors.append(str(error))
-                    continue
-                answers.append((time.monotonic(), prompt, out["top_k_probabilities"][0]))
-
-    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    try:
+    with LoopingClients([server["target"] for server in replicas], PROMPTS, timeout=30) as clients:
         deadline = time.monotonic() + 120
         while min(ok_requests(server["rest_port"]) for server in replicas) < 20:  # both replicas answer
             assert time.monotonic() < deadline, [ok_requests(s["rest_port"]) for s in replicas]
@@ -90,14 +72,10 @@ def test_requests_spread_over_both_replicas_and_a_killed_one_costs_nothing(repli
         replicas[0]["process"].send_signal(signal.SIGKILL)  # a replica dies mid-run
         replicas[0]["process"].wait(timeout=30)
         killed_at, survivor_before = time.monotonic(), ok_requests(replicas[1]["rest_port"])
-        while sum(t > killed_at for t, _, _ in answers) < 100:
+        while clients.answered_after(killed_at) < 100:
             assert time.monotonic() < deadline + 60, "too few answers after the kill"
             time.sleep(0.05)
-    finally:  # a failed wait must not leave clients looping after the servers are gone
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=60)
-    assert not errors, errors[:3]
+    assert not clients.errors, clients.errors[:3]
     assert ok_requests(replicas[1]["rest_port"]) - survivor_before >= 100  # the survivor took over
-    for _, prompt, probabilities in answers:
+    for _, prompt, probabilities in clients.answers:
         np.testing.assert_allclose(probabilities, truth[prompt], atol=1e-5)
