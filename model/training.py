@@ -321,7 +321,7 @@ def make_run_optimizer(optimizer_config: OptimizerConfig, config: TrainingConfig
 def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dataset,
           run: RunDirectory, config: TrainingConfig, optimizer_config: OptimizerConfig,
           extra_callbacks: Iterable[keras.callbacks.Callback] = (),
-          probe: Optional[tuple[Any, Any]] = None) -> TrainingResult:
+          probe: Optional[tuple[Any, Any]] = None, steps_per_epoch: Optional[int] = None) -> TrainingResult:
     """Fit a compiled model with the standard callbacks, then load its best weights.
 
     Args:
@@ -335,6 +335,8 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
         extra_callbacks: More callbacks (e.g. a test's fault injector).
         probe: `(inputs, last_step_loss)` for the monitor's through-time
             check at each epoch end (see `GradientMonitor`).
+        steps_per_epoch: Batches per epoch when `train_data` repeats
+            endlessly; None: `config.steps_per_epoch`.
 
     Returns:
         A `TrainingResult`; the model holds the weights of the best epoch.
@@ -370,8 +372,8 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
 
     start = time.perf_counter()
     history = model.fit(train_data, validation_data=val_data, epochs=config.epochs,
-                        steps_per_epoch=config.steps_per_epoch, callbacks=callbacks, shuffle=False,
-                        verbose=1)  # shuffle=False: the dataset reshuffles itself
+                        steps_per_epoch=steps_per_epoch or config.steps_per_epoch, callbacks=callbacks,
+                        shuffle=False, verbose=1)  # shuffle=False: the dataset reshuffles itself
     wall_seconds = time.perf_counter() - start
     gradient_health = monitor.summary() if monitor else {}
     if monitor and monitor.diagnosis:

@@ -32,11 +32,17 @@ class Backtest:
         origins: `[n]` forecast origins (the test span, in time order).
         predictions: `[n, H]` prices, or `[n, H, Q]` with quantiles.
         refits: How many times the model was trained further.
+        raw_z: With an interval: `[n, H, Q]` the quantiles in z units before
+            the calibration margin (what adaptive recalibration starts from).
+        volatility: With an interval: `[n]` each window's volatility relative
+            to the training span's.
     """
 
     origins: np.ndarray
     predictions: np.ndarray
     refits: int
+    raw_z: np.ndarray | None = None
+    volatility: np.ndarray | None = None
 
 
 def predict_prices(model, scaling, series: PriceSeries, origins: np.ndarray, window: int) -> np.ndarray:
@@ -46,10 +52,14 @@ def predict_prices(model, scaling, series: PriceSeries, origins: np.ndarray, win
     return np.asarray(scaling.to_prices(z, last), np.float64)
 
 
+def _interval_layer(model):
+    return next((l for l in model.layers if l.name == "interval_margin"), None)  # noqa: E741
+
+
 @contextlib.contextmanager
 def _interval_margin_off(model):
-    """Zero the conformal margin while training, so the pinball loss does not learn to undo it."""
-    layer = next((l for l in model.layers if l.name == "interval_margin"), None)  # noqa: E741
+    """Zero the conformal margin (while refitting, so the pinball loss does not learn to undo it)."""
+    layer = _interval_layer(model)
     if layer is None:
         yield
         return
@@ -88,7 +98,8 @@ def walk_forward(model, scaling, series: PriceSeries, split: Split, forecast: Fo
         model.monitor_gradients = False  # refits run Keras's own step: no monitor reads the measurements
     step = refit_every if refit_every > 0 else len(origins)
     target = series.target_values.astype(np.float32)
-    chunks, refits = [], 0
+    interval = _interval_layer(model)
+    chunks, raw_chunks, refits = [], [], 0
     for start in range(0, len(origins), step):
         chunk = origins[start:start + step]
         if refit_every > 0 and start > 0:
@@ -100,12 +111,24 @@ def walk_forward(model, scaling, series: PriceSeries, split: Split, forecast: Fo
                           epochs=refit_epochs, shuffle=False, verbose=0)  # the dataset shuffles itself
             refits += 1
         chunks.append(predict_prices(model, scaling, series, chunk, W))
-    return Backtest(origins=origins, predictions=np.concatenate(chunks), refits=refits)
+        if interval is not None:
+            with _interval_margin_off(model):
+                raw_chunks.append(model.predict(windows_at(series.values, chunk, W).astype(np.float32), verbose=0))
+    backtest = Backtest(origins=origins, predictions=np.concatenate(chunks), refits=refits)
+    if interval is not None:
+        backtest.raw_z = np.concatenate(raw_chunks).astype(np.float64)
+        windows = windows_at(series.values, origins, W).astype(np.float32)
+        backtest.volatility = np.asarray(interval.relative_volatility(windows), np.float64)
+    return backtest
 
 
 def plot_backtest(series: PriceSeries, backtest: Backtest, forecast: ForecastConfig, title: str,
-                  directory: Path) -> dict[str, str]:
+                  directory: Path, adaptive: np.ndarray | None = None) -> dict[str, str]:
     """Write `backtest_forecasts.png` and `backtest_residuals.png` (one-day-ahead forecasts).
+
+    Args:
+        adaptive: Optional `[n, H, Q]` prices whose outermost quantiles are the
+            adaptively recalibrated interval, drawn as lines over the band.
 
     Returns:
         `{"forecasts": path, "residuals": path}`.
@@ -133,6 +156,13 @@ def plot_backtest(series: PriceSeries, backtest: Backtest, forecast: ForecastCon
     ax.plot(dates, naive, color="tab:orange", linewidth=1, linestyle="--", label="naive (yesterday)")
     if interval:
         ax.fill_between(dates, interval[0], interval[1], color="tab:blue", alpha=0.2, label=interval[2])
+    if adaptive is not None:
+        # Unbounded or empty days are left out of the lines rather than drawn at infinity.
+        drawn = np.isfinite(adaptive[:, 0, 0]) & np.isfinite(adaptive[:, 0, -1]) & (
+            adaptive[:, 0, 0] <= adaptive[:, 0, -1])
+        for column, label in ((0, "recalibrated day by day (ACI)"), (-1, None)):
+            ax.plot(dates, np.where(drawn, adaptive[:, 0, column], np.nan), color="tab:green", linewidth=0.7,
+                    label=label)
     ax.set_title(title)
     ax.set_ylabel(series.target)
     ax.legend(loc="best")

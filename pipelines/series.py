@@ -22,7 +22,7 @@ import numpy as np
 
 from model.config import ForecastConfig, ModelConfig, OptimizerConfig, TrainingConfig, UsageError
 from model.export import check_export_base
-from pipelines import backtest, cli, forecast_eval
+from pipelines import adaptive_interval, backtest, cli, forecast_eval
 from pipelines.series_data import (DEFAULT_SOURCE, DEFAULT_TICKER, PriceSeries, Split, chronological_split,
                                    default_prices, future_at, is_price_column, load_prices, make_dataset,
                                    origins_in, read_csv, windows_at)
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     task.add_argument("--refit-every", type=int, default=0,
                       help="walk-forward test: train further every k steps on all data known by then (0: never)")
     task.add_argument("--refit-epochs", type=int, default=1, help="epochs per walk-forward refit")
+    task.add_argument("--interval-adapt-rate", type=float, default=None,
+                      help="with --quantiles: step size of the interval's adaptive recalibration through the "
+                           "test span (default: the rate that guarantees coverage within 3 points)")
     cli.add_model_flags(parser, default_units=64)
     cli.add_optimizer_flags(parser)
     cli.add_training_flags(parser)
@@ -104,7 +107,7 @@ def prepare_examples(series: PriceSeries, split: Split, forecast: ForecastConfig
 
 
 def calibrate_interval(model, series: PriceSeries, split: Split, origins: np.ndarray, z_true: np.ndarray,
-                       forecast: ForecastConfig) -> dict[str, Any]:
+                       forecast: ForecastConfig) -> tuple[dict[str, Any], np.ndarray]:
     """Conformal calibration of the prediction interval on the validation span.
 
     Quantile regression alone is often over- or under-confident; the margin
@@ -113,7 +116,9 @@ def calibrate_interval(model, series: PriceSeries, split: Split, origins: np.nda
     nominal share of the validation span. The model keeps the margin.
 
     Returns:
-        The level, the margins and the validation coverage before and after.
+        The level, the margins and the validation coverage before and after;
+        and the validation span's nonconformity scores `[n, H]`, from which
+        the test span's adaptive intervals start.
     """
     from model.series_model import conformal_margin
 
@@ -130,20 +135,42 @@ def calibrate_interval(model, series: PriceSeries, split: Split, origins: np.nda
     layer.margin.assign(margin.astype(np.float32))
     widen = margin[None, :] * volatility[:, None]
     inside = lambda m: float(np.mean((z[:, :, 0] - m <= z_true) & (z_true <= z[:, :, -1] + m)))  # noqa: E731
-    return {"level": level, "margin_z": margin.tolist(), "validation_coverage_before": inside(0.0),
-            "validation_coverage_after": inside(widen)}
+    report = {"level": level, "margin_z": margin.tolist(), "validation_coverage_before": inside(0.0),
+              "validation_coverage_after": inside(widen)}
+    return report, adaptive_interval.nonconformity(z[:, :, 0], z[:, :, -1], z_true, volatility)
+
+
+def adapt_interval(walked: backtest.Backtest, scaling, series: PriceSeries, split: Split, forecast: ForecastConfig,
+                   calibration_scores: np.ndarray, rate: Optional[float]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Recalibrate the interval through the test span with ACI, from each day's past only.
+
+    Returns:
+        The walk-forward quantiles in prices `[n, H, Q]` with ACI's bounds in
+        place of the exported ones, and `AdaptiveIntervals.summary`.
+    """
+    target = series.target_values.astype(np.float32)
+    z_true = np.asarray(scaling.to_z(future_at(target, walked.origins, forecast.horizon), target[walked.origins]))
+    level = forecast.quantiles[-1] - forecast.quantiles[0]
+    aci = adaptive_interval.adaptive_intervals(calibration_scores, walked.raw_z[:, :, 0], walked.raw_z[:, :, -1],
+                                               z_true, walked.volatility, level, rate)
+    z = np.concatenate([aci.lower[:, :, None], walked.raw_z[:, :, 1:-1], aci.upper[:, :, None]], axis=2)
+    with np.errstate(over="ignore", invalid="ignore"):  # unbounded days stay unbounded in prices
+        prices = np.asarray(scaling.to_prices(z.astype(np.float32), target[walked.origins]), np.float64)
+    return prices, aci.summary(level)
 
 
 # -- train, evaluate, export -----------------------------------------------------------
 
 def evaluate(series: PriceSeries, split: Split, forecast: ForecastConfig, predictions: np.ndarray,
-             origins: np.ndarray, name: str) -> dict[str, Any]:
+             origins: np.ndarray, name: str, adaptive: Optional[tuple[np.ndarray, dict]] = None) -> dict[str, Any]:
     """Model and baselines on the test span: every measure, the verdict, interval coverage.
 
     Args:
         predictions: `[n, H]` point forecasts in prices, or `[n, H, Q]` quantiles.
         origins: The test origins the predictions were made at.
         name: The model's name in the verdict (e.g. "LSTM").
+        adaptive: With quantiles, `adapt_interval`'s prices and summary: the
+            coverage of the adaptively recalibrated interval is reported too.
     """
     target = series.target_values
     actual = future_at(target, origins, forecast.horizon)
@@ -155,6 +182,15 @@ def evaluate(series: PriceSeries, split: Split, forecast: ForecastConfig, predic
         point = predictions[:, :, int(np.argmin(np.abs(levels - 0.5)))]
         coverage = {"nominal": float(levels[-1] - levels[0]),
                     "observed": forecast_eval.interval_coverage(actual, predictions[:, :, 0], predictions[:, :, -1])}
+        if adaptive is not None:
+            bounds, summary = adaptive
+            exported_width = predictions[:, :, -1] - predictions[:, :, 0]
+            adaptive_width = bounds[:, :, -1] - bounds[:, :, 0]
+            bounded = np.isfinite(adaptive_width) & (adaptive_width >= 0) & (exported_width > 0)
+            coverage["adaptive"] = {
+                **summary, "observed": forecast_eval.interval_coverage(actual, bounds[:, :, 0], bounds[:, :, -1]),
+                "median_width_vs_exported": (float(np.median(adaptive_width[bounded] / exported_width[bounded]))
+                                             if bounded.any() else None)}
     forecasts = {"model": point, **forecast_eval.baselines(target, origins, forecast.horizon, forecast.ma_days)}
     scale = forecast_eval.naive_scale(target[:split.train_end])
     naive_rmse = float(np.sqrt(np.mean((forecasts["naive"] - actual) ** 2)))
@@ -175,13 +211,16 @@ def evaluate(series: PriceSeries, split: Split, forecast: ForecastConfig, predic
 def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConfig, model_config: ModelConfig,
                        optimizer_config: OptimizerConfig, training_config: TrainingConfig, output: str | Path,
                        refit_every: int = 0, refit_epochs: int = 1,
-                       extra_callbacks: Iterable[Any] = ()) -> dict[str, Any]:
+                       extra_callbacks: Iterable[Any] = (), adapt_rate: Optional[float] = None) -> dict[str, Any]:
     """Fit the scaling on the training span, train, export, then walk forward through the test span.
 
     Args:
         refit_every: In the walk-forward evaluation, train further every k
             test steps on everything known by then (0: never).
         refit_epochs: Epochs per refit.
+        adapt_rate: With an interval, the step size of its adaptive
+            recalibration through the test span (`pipelines.adaptive_interval`);
+            None: the rate that guarantees the coverage within 3 points.
 
     Returns:
         The summary written to `runs/<run-id>/summary.json`.
@@ -190,11 +229,11 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
 
     with distribute.placement(training_config.strategy) as place:
         return _train_series_model(place, series, split, forecast, model_config, optimizer_config, training_config,
-                                   output, refit_every, refit_epochs, extra_callbacks)
+                                   output, refit_every, refit_epochs, extra_callbacks, adapt_rate)
 
 
 def _train_series_model(place, series, split, forecast, model_config, optimizer_config, training_config, output,
-                        refit_every, refit_epochs, extra_callbacks) -> dict[str, Any]:
+                        refit_every, refit_epochs, extra_callbacks, adapt_rate) -> dict[str, Any]:
     import keras
 
     from model import distribute, through_time, training
@@ -231,9 +270,9 @@ def _train_series_model(place, series, split, forecast, model_config, optimizer_
     result = training.train(model, train_data, val_data, run, training_config, optimizer_config, extra_callbacks,
                             probe)
 
-    calibration = None
+    calibration = calibration_scores = None
     if len(forecast.quantiles) >= 2:
-        calibration = calibrate_interval(model, series, split, val_origins, val_z, forecast)
+        calibration, calibration_scores = calibrate_interval(model, series, split, val_origins, val_z, forecast)
 
     version_dir = export_series_model(model, place.output(output), {
         "cell": model_config.cell, "window": W, "horizon": H, "features": series.features,
@@ -246,12 +285,15 @@ def _train_series_model(place, series, split, forecast, model_config, optimizer_
     # The test span, walked forward after the export (refits never reach the exported model).
     walked = backtest.walk_forward(model, scaling, series, split, forecast, refit_every, refit_epochs,
                                    training_config.batch_size, training_config.seed, optimizer_config)
+    adaptive = None
+    if calibration_scores is not None:
+        adaptive = adapt_interval(walked, scaling, series, split, forecast, calibration_scores, adapt_rate)
     name = model_config.cell.upper().replace("SIMPLE_RNN", "SimpleRNN")
-    evaluation = evaluate(series, split, forecast, walked.predictions, walked.origins, name)
+    evaluation = evaluate(series, split, forecast, walked.predictions, walked.origins, name, adaptive)
     metrics = evaluation["metrics"]
     headline = f"RMSE {metrics['model']['rmse'] / metrics['naive']['rmse']:.3f}× naive"
     plots = backtest.plot_backtest(series, walked, forecast, f"{name} on {series.ticker or series.source}: {headline}",
-                                   run.path)
+                                   run.path, adaptive[0] if adaptive else None)
     evaluation["interval_calibration"] = calibration
     evaluation["walk_forward"] = {"refit_every": refit_every, "refit_epochs": refit_epochs,
                                   "refits": walked.refits, "plots": plots}
@@ -294,6 +336,12 @@ def format_report(summary: dict[str, Any]) -> str:
         c = evaluation["interval_coverage"]
         lines.append(f"{c['nominal']:.0%} interval (conformally calibrated on validation) covers "
                      f"{c['observed']:.1%} of test points")
+        if "adaptive" in c:
+            a = c["adaptive"]
+            lines.append(f"{c['nominal']:.0%} interval recalibrated day by day (adaptive conformal, rate "
+                         f"{a['rate']:.3f}) covers {a['observed']:.1%} (guaranteed within "
+                         f"±{a['guaranteed_within']:.1%} of {c['nominal']:.0%}; unbounded on "
+                         f"{a['unbounded_points']} of {evaluation['test_points']} points)")
     lines.append(evaluation["verdict"])
     return "\n".join(lines)
 
@@ -312,6 +360,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.refit_every < 0 or args.refit_epochs <= 0:
         raise UsageError(f"--refit-every must be >= 0 and --refit-epochs >= 1, "
                          f"got {args.refit_every} and {args.refit_epochs}")
+    if args.interval_adapt_rate is not None and not 0 < args.interval_adapt_rate <= 1:
+        raise UsageError(f"--interval-adapt-rate must be in (0, 1], got {args.interval_adapt_rate}")
     model_config = cli.model_config(args)
     optimizer_config = cli.optimizer_config(args)
     training_config = cli.training_config(args)
@@ -324,7 +374,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{series.missing_filled} missing cells forward-filled")
 
     summary = train_series_model(series, split, forecast, model_config, optimizer_config, training_config,
-                                 args.output, args.refit_every, args.refit_epochs)
+                                 args.output, args.refit_every, args.refit_epochs,
+                                 adapt_rate=args.interval_adapt_rate)
     print("\n" + format_report(summary))
     if not summary["chief"]:
         print(f"{summary['worker']} done: the chief writes the run directory and the export")

@@ -131,15 +131,31 @@ def window_count(ids: np.ndarray, seq_len: int) -> int:
     return max(0, (len(ids) - 1) // seq_len)
 
 
+def largest_offset(ids: np.ndarray, seq_len: int) -> int:
+    """How far the training windows' grid may move: below seq_len, and never past the last full window."""
+    return max(0, min(seq_len - 1, len(ids) - seq_len - 1))
+
+
+def training_batch_size(ids: np.ndarray, seq_len: int, batch_size: int) -> int:
+    """The batch size of the training windows: shrunk so that every pass, at any offset, fills one batch."""
+    return max(1, min(batch_size, window_count(ids[largest_offset(ids, seq_len):], seq_len)))
+
+
+def batches_per_pass(ids: np.ndarray, seq_len: int, batch_size: int) -> int:
+    """Full training batches in one pass over `ids` (at offset 0): the pipeline's default epoch."""
+    return max(1, window_count(ids, seq_len) // training_batch_size(ids, seq_len, batch_size))
+
+
 def make_dataset(ids: np.ndarray, seq_len: int, batch_size: int, shuffle: bool, seed: int = 0):
     """Windows of `seq_len` inputs and their next-token targets, batched.
 
     Windows start every `seq_len` tokens, so every token is a target once per
-    epoch. For training, the windows' boundaries move every epoch (the first
+    pass. For training, the windows' boundaries move every pass (the first
     window starts at a random offset in [0, seq_len)), so the model does not
     see the same 100 characters in the same frame each time and every token is
     predicted from a different amount of context; the windows are reshuffled
-    and batched with a fixed batch size (shrunk when there are fewer windows).
+    and batched with a fixed batch size (`training_batch_size`). Each
+    iteration of the dataset is one such pass; the pipeline repeats it.
 
     Args:
         ids: int32 token ids.
@@ -163,10 +179,11 @@ def make_dataset(ids: np.ndarray, seq_len: int, batch_size: int, shuffle: bool, 
     count = window_count(ids, seq_len)
     if shuffle:
         offsets = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
-        windows = offsets.flat_map(lambda r: windows_from(tf.cast(r % seq_len, tf.int32)))
+        moves = largest_offset(ids, seq_len) + 1
+        windows = offsets.flat_map(lambda r: windows_from(tf.cast(r % moves, tf.int32)))
         windows = windows.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        batches = windows.batch(training_batch_size(ids, seq_len, batch_size), drop_remainder=True)
     else:
-        windows = windows_from(0)
-    batches = windows.batch(min(batch_size, count), drop_remainder=shuffle)
+        batches = windows_from(0).batch(min(batch_size, count))
     return batches.map(lambda w: (w[:, :-1], w[:, 1:]),
                        num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -16,7 +16,8 @@ import tensorflow as tf
 from model.config import ForecastConfig, ModelConfig, OptimizerConfig, TrainingConfig
 from model.series_model import build_next_value_model, fit_scaling, price_scaling
 from pipelines import cli
-from pipelines.series import main, prepare_examples, train_series_model
+from pipelines.adaptive_interval import rate_for_tolerance
+from pipelines.series import format_report, main, prepare_examples, train_series_model
 from pipelines.series_data import chronological_split, default_prices, load_prices, windows_at
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,6 +167,12 @@ def test_quantiles_multi_step_scaled_bidirectional_with_refits(msft, tmp_path):
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     coverage = summary["evaluation"]["interval_coverage"]
     assert coverage["nominal"] == pytest.approx(0.8) and 0 <= coverage["observed"] <= 1
+    # Recalibrated day by day through the test span, with the rate that guarantees ±3 points.
+    adaptive = coverage["adaptive"]
+    assert adaptive["rate"] == pytest.approx(rate_for_tolerance(0.8, summary["test_windows"] - 3))
+    assert adaptive["guaranteed_within"] == pytest.approx(0.03)
+    assert 0 <= adaptive["observed"] <= 1 and adaptive["median_width_vs_exported"] > 0
+    assert "recalibrated day by day (adaptive conformal" in format_report(summary)
     calibration = summary["evaluation"]["interval_calibration"]
     n = summary["val_windows"]
     assert 0.8 <= calibration["validation_coverage_after"] <= 0.8 + 2.0 / n + 1e-9
@@ -208,6 +215,7 @@ def test_the_export_holds_no_cudnn_op(trained):
     (["--quantiles", "0.9,0.1"], "--quantiles must be increasing"),
     (["--quantiles", "a,b"], "--quantiles must be comma-separated numbers"),
     (["--cell", "tcn"], "unknown --cell 'tcn'"),
+    (["--quantiles", "0.1,0.9", "--interval-adapt-rate", "0"], "--interval-adapt-rate must be in (0, 1], got 0.0"),
 ])
 def test_bad_cli_input_is_one_line_exit_2_nothing_written(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -7,7 +7,8 @@ import pytest
 
 from model.config import UsageError
 from model.vocabulary import FIRST_TOKEN_ID, OOV_ID, OOV_TOKEN, build_vocabulary, encode, make_lookup
-from pipelines.text_data import default_corpus, make_dataset, prepare_text, read_corpus
+from pipelines.text_data import (batches_per_pass, default_corpus, make_dataset, prepare_text, read_corpus,
+                                 training_batch_size)
 
 
 def test_read_corpus_reads_utf8(tmp_path):
@@ -120,3 +121,12 @@ def test_training_windows_move_and_are_reshuffled_each_epoch_in_full_batches():
     assert len(set(starts)) > 1  # the boundaries moved between epochs
     orders = [np.concatenate([x for x, _ in batches])[:, 0].tolist() for batches in epochs[:2]]
     assert orders[0] != orders[1]  # and the windows were reshuffled
+
+
+def test_every_training_pass_fills_a_batch_even_on_a_tiny_corpus():
+    ids = np.arange(2, 27, dtype=np.int32)  # 25 tokens: 2 windows of 10 at offset 0, 1 at offset 9
+    assert training_batch_size(ids, 10, 8) == 1 and batches_per_pass(ids, 10, 8) == 2
+    dataset = make_dataset(ids, seq_len=10, batch_size=8, shuffle=True, seed=3)
+    passes = [[x.numpy() for x, _ in dataset] for _ in range(30)]
+    assert all(passes) and {len(p) for p in passes} <= {1, 2}
+    assert len({int(p[0][0, 0]) for p in passes}) > 2  # the grid still moves

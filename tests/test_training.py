@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from conftest import train_tiny
 from model.config import UsageError
+from pipelines.text_data import batches_per_pass
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,7 +41,12 @@ def test_run_directory_and_summary(exported_lstm):
     assert summary["config"]["model"]["cell"] == "lstm"
     assert summary["config"]["optimizer"]["clip"] == "clipnorm"
     assert summary["tokens_per_second"] > 0 and summary["wall_seconds"] > 0
-    assert summary["epochs_run"] == 2 and summary["steps"] > 0 and not summary["resumed"]
+    assert summary["epochs_run"] == 2 and not summary["resumed"]
+    # An epoch is one pass over the training windows, drawn from one endless dataset.
+    train_ids = np.zeros(summary["train_tokens"], np.int32)
+    per_epoch = batches_per_pass(train_ids, summary["config"]["data"]["seq_len"],
+                                 summary["config"]["training"]["batch_size"])
+    assert summary["steps"] == 2 * per_epoch
 
 
 class Interrupt(Exception):

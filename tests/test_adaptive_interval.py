@@ -1,0 +1,99 @@
+"""Adaptive conformal intervals through the test span: the guarantee, causality, the delays of H > 1."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipelines.adaptive_interval import (adaptive_intervals, conformal_quantile, nonconformity,
+                                         rate_for_tolerance)
+
+
+def shifted_regime(seed: int, n_calibration: int = 250, n_test: int = 250, test_spread: float = 0.5,
+                   horizon: int = 1):
+    """Calibration days in one regime, test days in another the volatility does not explain."""
+    rng = np.random.default_rng(seed)
+    calibration = rng.normal(size=(n_calibration, horizon))
+    lower, upper = np.full((n_test, horizon), -1.28), np.full((n_test, horizon), 1.28)  # N(0,1)'s 10%-90%
+    actual = rng.normal(size=(n_test, horizon)) * test_spread
+    volatility = np.ones(n_test)
+    scores = nonconformity(np.full_like(calibration, -1.28), np.full_like(calibration, 1.28), calibration,
+                           np.ones(n_calibration))
+    return scores, lower, upper, actual, volatility
+
+
+def test_conformal_quantile_is_infinite_beyond_the_data_and_empty_below_zero():
+    scores = sorted([0.3, -0.1, 0.7, 0.2])
+    assert conformal_quantile(scores, 0.5) == 0.3  # ceil(0.5 * 5) = 3rd smallest
+    assert conformal_quantile(scores, 0.8) == 0.7  # 4th
+    assert conformal_quantile(scores, 0.81) == math.inf  # ceil(0.81 * 5) = 5 > 4 scores
+    assert conformal_quantile(scores, 0.0) == -math.inf
+
+
+def test_the_default_rate_makes_the_guarantee_the_tolerance():
+    rate = rate_for_tolerance(0.8, 245, 0.03)
+    assert (max(0.2, 0.8) + rate) / (rate * 245) == pytest.approx(0.03)
+    assert rate_for_tolerance(0.8, 50, 0.03) == 1.0  # over 50 days no rate guarantees ±3 points
+    scores, lower, upper, actual, volatility = shifted_regime(0, n_test=30)
+    aci = adaptive_intervals(scores, lower, upper, actual, volatility, 0.8)
+    assert aci.rate == 1.0 and aci.guarantee == pytest.approx(1.8 / 29)  # and the looser bound is reported
+
+
+@pytest.mark.parametrize("test_spread", [0.4, 2.5])  # the regime calms down / turns turbulent
+def test_coverage_returns_to_nominal_where_the_static_margin_fails(test_spread):
+    scores, lower, upper, actual, volatility = shifted_regime(0, test_spread=test_spread)
+    static_margin = conformal_quantile(sorted(scores[:, 0]), 0.8)
+    static = np.mean((lower - static_margin <= actual) & (actual <= upper + static_margin))
+    assert abs(static - 0.8) > 0.1  # calibrated once, the interval is far off in the new regime
+    aci = adaptive_intervals(scores, lower, upper, actual, volatility, 0.8)
+    coverage = float(np.mean(aci.covered))
+    assert abs(coverage - 0.8) <= aci.guarantee + 1 / len(actual)
+    assert abs(coverage - 0.8) <= 0.03 + 1 / len(actual)
+    # the bounds are the ones whose coverage is reported
+    np.testing.assert_array_equal(aci.covered, (aci.lower <= actual) & (actual <= aci.upper))
+
+
+def test_the_guarantee_holds_whatever_the_sequence():
+    """Proposition 4.1 of Gibbs & Candès: for any sequence, adversarial ones included."""
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        n = 300
+        actual = np.where(rng.random((n, 1)) < 0.5, rng.normal(size=(n, 1)) * 5, 0.0)  # bursts and calm
+        actual[rng.integers(0, n, 10)] = 1e6  # and shocks
+        scores = nonconformity(np.zeros((50, 1)), np.zeros((50, 1)), rng.normal(size=(50, 1)), np.ones(50))
+        rate = rng.uniform(0.02, 0.3)
+        aci = adaptive_intervals(scores, np.zeros((n, 1)), np.zeros((n, 1)), actual, np.ones(n), 0.8, rate)
+        assert abs(np.mean(aci.covered[:-1]) - 0.8) <= aci.guarantee + 1e-12, trial
+
+
+def test_each_interval_uses_only_the_past():
+    scores, lower, upper, actual, volatility = shifted_regime(5, n_test=120, horizon=2)
+    first = adaptive_intervals(scores, lower, upper, actual, volatility, 0.8, rate=0.1)
+    changed = actual.copy()
+    changed[60:] = 50.0  # a different future
+    second = adaptive_intervals(scores, lower, upper, changed, volatility, 0.8, rate=0.1)
+    # Day 60's 1-day-ahead truth is first used for day 61, its 2-day-ahead truth for day 62.
+    np.testing.assert_array_equal(first.lower[:61, 0], second.lower[:61, 0])
+    np.testing.assert_array_equal(first.lower[:62, 1], second.lower[:62, 1])
+    assert first.lower[61, 0] != second.lower[61, 0] and first.lower[62, 1] != second.lower[62, 1]
+
+
+def test_misses_widen_and_hits_narrow_in_units_of_volatility():
+    scores = nonconformity(np.zeros((99, 1)), np.zeros((99, 1)), np.linspace(-1, 1, 99)[:, None], np.ones(99))
+    n = 40
+    volatility = np.full(n, 2.0)
+    zeros = np.zeros((n, 1))
+    # A shock that lasts: misses widen the interval until it covers the new regime.
+    shocked = adaptive_intervals(scores, zeros, zeros, np.full((n, 1), 100.0), volatility, 0.8, rate=0.05)
+    widths = (shocked.upper - shocked.lower)[:, 0]
+    assert widths[1] > widths[0] and not shocked.covered[0, 0] and shocked.covered[-10:, 0].mean() >= 0.8
+    # Each day worse than every day before: alpha_t drops below 0 and the interval is unbounded.
+    worsening = adaptive_intervals(scores, zeros, zeros, 10.0 ** np.arange(n)[:, None], volatility, 0.8, rate=0.2)
+    assert worsening.summary(0.8)["unbounded_points"] > 0 and np.isinf(worsening.upper[-1, 0])
+    # Calm days: hits narrow the interval.
+    calm = adaptive_intervals(scores, zeros, zeros, zeros, volatility, 0.8, rate=0.05)
+    assert (calm.upper - calm.lower)[-1, 0] < (calm.upper - calm.lower)[0, 0]
+    # Day 0 is the validation span's conformal margin, scaled by the window's volatility.
+    assert calm.upper[0, 0] == pytest.approx(conformal_quantile(sorted(scores[:, 0]), 0.8) * 2.0)
