@@ -29,6 +29,8 @@ from google.protobuf import wrappers_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
+from serving import tensors
+
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -156,9 +158,9 @@ class PredictionClient:
         """A raw Predict: numpy inputs in, numpy outputs out."""
         request = predict_pb2.PredictRequest(model_spec=self._spec(signature_name), output_filter=list(output_filter))
         for name, value in inputs.items():
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+            request.inputs[name].CopyFrom(tensors.to_proto(value))
         response = self._call(self.predictions.Predict, request)
-        return {name: _decode(tf.make_ndarray(proto)) for name, proto in response.outputs.items()}
+        return {name: _decode(tensors.to_array(proto)) for name, proto in response.outputs.items()}
 
     def next_token(self, prompts: Sequence[str]) -> list[list[tuple[str, float]]]:
         """The most likely next tokens of each prompt, with their probabilities."""

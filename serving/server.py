@@ -42,6 +42,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      prediction_service_pb2_grpc)
 
 from serving import config as tfs_config  # noqa: E402
+from serving import tensors  # noqa: E402
 from serving.batching import BatchingOptions, BatchScheduler, QueueFull  # noqa: E402
 from serving.models import LoadedVersion, ModelManager, ServingError  # noqa: E402
 from serving.metrics import ServingMetrics  # noqa: E402
@@ -171,7 +172,7 @@ def decode_tensor_protos(request_inputs, signature, limits: RequestLimits = Requ
     arrays = {}
     for name, proto in request_inputs.items():
         try:
-            arrays[name] = tf.make_ndarray(proto)
+            arrays[name] = tensors.to_array(proto)
         except Exception as error:  # noqa: BLE001 - a malformed TensorProto
             detail = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -266,7 +267,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response = predict_pb2.PredictResponse(model_spec=model_pb2.ModelSpec(
                 name=loaded.name, version=wrappers_pb2.Int64Value(value=loaded.version), signature_name=name))
             for key, value in outputs.items():
-                response.outputs[key].CopyFrom(tf.make_tensor_proto(np.asarray(value)))
+                response.outputs[key].CopyFrom(tensors.to_proto(value))
             return response
         except ServingError as error:
             context.abort(error.code, error.message)

@@ -1,0 +1,75 @@
+"""NumPy arrays <-> TensorProto: the wire format of TensorFlow Serving's Predict.
+
+`tf.make_tensor_proto` and `tf.make_ndarray` handle every dtype and every way
+a TensorProto can hold its values, and cost 10-20 µs a call when hot and
+0.1-0.2 ms in a process whose cores are busy with the model (measured in a
+live client/server loop). The shapes every request here uses, numbers packed
+in `tensor_content` and byte strings in `string_val`, take a few µs through
+the protobuf fields directly. Anything else goes through TensorFlow's
+functions, so the semantics stay TensorFlow's (a short `float_val` filling
+the shape with its last value, half floats, numbers in `*_val` fields...).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+# Numeric dtypes read and written as raw little-endian bytes (`tensor_content`), as TensorFlow does.
+_PACKED = {np.dtype(np.float32): types_pb2.DT_FLOAT, np.dtype(np.float64): types_pb2.DT_DOUBLE,
+           np.dtype(np.int32): types_pb2.DT_INT32, np.dtype(np.int64): types_pb2.DT_INT64}
+_PACKED_BY_ENUM = {enum: dtype for dtype, enum in _PACKED.items()}
+
+
+def _shape(dims) -> tensor_shape_pb2.TensorShapeProto:
+    return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in dims])
+
+
+def to_proto(value) -> tensor_pb2.TensorProto:
+    """An array (or anything `np.asarray` takes) as a TensorProto, as `tf.make_tensor_proto` would write it.
+
+    Args:
+        value: float32/float64/int32/int64 arrays of two elements or more
+            and object arrays of bytes take the fast path; anything else is
+            passed to `tf.make_tensor_proto`.
+
+    Returns:
+        The TensorProto.
+    """
+    array = np.asarray(value)
+    enum = _PACKED.get(array.dtype)
+    # TensorFlow packs arrays of more than one element; it writes single values to `*_val`.
+    if enum is not None and array.dtype.isnative and array.size > 1:  # native: little-endian wherever TF runs
+        return tensor_pb2.TensorProto(dtype=enum, tensor_shape=_shape(array.shape), tensor_content=array.tobytes())
+    if array.dtype == object:
+        values = array.ravel().tolist()
+        if all(type(v) is bytes for v in values):
+            return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=_shape(array.shape),
+                                          string_val=values)
+    import tensorflow as tf
+
+    return tf.make_tensor_proto(array)
+
+
+def to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """A TensorProto as a (writable) array, as `tf.make_ndarray` would read it.
+
+    Raises:
+        Whatever `tf.make_ndarray` raises for a proto off the fast path that
+        does not describe a tensor.
+    """
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if all(n >= 0 for n in dims):
+        count = math.prod(dims)
+        dtype = _PACKED_BY_ENUM.get(proto.dtype)
+        if dtype is not None and proto.tensor_content and len(proto.tensor_content) == count * dtype.itemsize:
+            return np.frombuffer(proto.tensor_content, dtype).reshape(dims).copy()
+        if proto.dtype == types_pb2.DT_STRING and len(proto.string_val) == count:
+            array = np.empty(count, dtype=object)
+            array[:] = list(proto.string_val)
+            return array.reshape(dims)
+    import tensorflow as tf
+
+    return tf.make_ndarray(proto)
