@@ -16,15 +16,22 @@ year's. ACI recalibrates as the truth comes in, using only the past:
   intervals, runs of hits narrow them.
 
 Whatever the data do, over T days |miss rate - alpha| <= (max(alpha_1,
-1 - alpha_1) + rate) / (rate * T) (Gibbs & Candès, Proposition 4.1). The
-default rate is the smallest that makes this bound the stated tolerance over
-the test span: a guarantee, not a value tuned on the test days. The price of
+1 - alpha_1) + rate) / (rate * T) (Gibbs & Candès, Proposition 4.1; with
+truths arriving L days late, `coverage_bound`). The default rate is the smallest
+that makes this bound the stated tolerance over the test span: a guarantee,
+not a value tuned on the test days. The price of
 a large rate is intervals that breathe: after a few misses in a row
 alpha_t <= 0 and the interval is unbounded for a day (reported, never
 hidden).
 
 With H > 1 the h-day-ahead forecast made at day t is realised at day t + h,
 so each horizon keeps its own alpha and its scores join the pool h days late.
+
+The interval is the conformal set itself, [lower - q_t v, upper + q_t v]:
+unlike the exported model's, whose negative margin stops at the inner
+quantiles, it may narrow past the median forecast on a day the raw
+quantiles were far too wide, and is empty once alpha_t >= 1 (the guarantee
+needs both). Empty days are counted and reported.
 """
 
 from __future__ import annotations
@@ -50,7 +57,8 @@ class AdaptiveIntervals:
         alphas: `[n, H]` the miscoverage target used for each day.
         rate: The step size gamma.
         guarantee: The bound on |miss rate - alpha| over the days whose
-            truth fed back (the last H days' truths arrive after the span).
+            truth fed back (the last H days' truths arrive after the span),
+            for every horizon.
     """
 
     lower: np.ndarray
@@ -84,16 +92,32 @@ def conformal_quantile(sorted_scores: list[float], level: float) -> float:
     return math.inf if rank > len(sorted_scores) else sorted_scores[rank - 1]
 
 
-def rate_for_tolerance(level: float, points: int, tolerance: float = DEFAULT_TOLERANCE) -> float:
+def coverage_bound(level: float, rate: float, points: int, delay: int = 1) -> float:
+    """ACI's bound on |miss rate - alpha| over `points` days whose truths fed back `delay` days later.
+
+    alpha_t stays within [-delay * rate * (1 - alpha), 1 + delay * rate * alpha]:
+    beyond either end every day misses (empty set) or hits (unbounded
+    interval), though `delay - 1` older truths may still push it further.
+    alpha_T - alpha_1 = rate * sum(alpha - err_t) then bounds the average.
+    With `delay` 1 this is Gibbs & Candès' Proposition 4.1, slightly tightened.
+    """
+    alpha = 1 - level
+    reach = max((1 - alpha) + delay * rate * alpha, alpha + delay * rate * (1 - alpha))
+    return reach / (rate * max(points, 1))
+
+
+def rate_for_tolerance(level: float, points: int, delay: int = 1, tolerance: float = DEFAULT_TOLERANCE) -> float:
     """The smallest rate whose ACI guarantee over `points` days is `tolerance`, at most 1.
 
-    Solves (max(alpha, 1 - alpha) + rate) / (rate * points) = tolerance. Over
-    too few points no rate reaches the tolerance; the rate is then 1, and the
+    Solves `coverage_bound(level, rate, points, delay) = tolerance`. Over too few
+    points no rate reaches the tolerance; the rate is then 1, and the
     guarantee reported beside the coverage says how loose it is.
     """
     alpha = 1 - level
-    room = tolerance * points - 1
-    return 1.0 if room <= max(alpha, 1 - alpha) else max(alpha, 1 - alpha) / room
+    room_low, room_high = tolerance * points - delay * alpha, tolerance * points - delay * (1 - alpha)
+    if min(room_low, room_high) <= 0:
+        return 1.0
+    return min(1.0, max((1 - alpha) / room_low, alpha / room_high))
 
 
 def adaptive_intervals(calibration_scores: np.ndarray, lower: np.ndarray, upper: np.ndarray,
@@ -108,7 +132,7 @@ def adaptive_intervals(calibration_scores: np.ndarray, lower: np.ndarray, upper:
         actual: `[n, H]` what happened, in z units.
         volatility: `[n]` each window's volatility relative to the training span's.
         level: Nominal coverage, e.g. 0.8.
-        rate: Step size gamma; None: `rate_for_tolerance(level, n - H)`.
+        rate: Step size gamma; None: `rate_for_tolerance(level, n - H, H)`.
 
     Returns:
         The intervals, what they covered, and the guarantee.
@@ -116,7 +140,9 @@ def adaptive_intervals(calibration_scores: np.ndarray, lower: np.ndarray, upper:
     n, horizon = actual.shape
     scale = np.maximum(np.asarray(volatility, np.float64), 1e-12)
     scores = nonconformity(lower, upper, actual, scale)
-    rate = rate_for_tolerance(level, max(n - horizon, 1)) if rate is None else rate
+    # The H-day-ahead truth arrives H days late: the bound holds over the n - H days fed back.
+    realised = max(n - horizon, 1)
+    rate = rate_for_tolerance(level, realised, horizon) if rate is None else rate
     alpha = 1 - level
     margins = np.empty((n, horizon))
     alphas = np.empty((n, horizon))
@@ -135,7 +161,5 @@ def adaptive_intervals(calibration_scores: np.ndarray, lower: np.ndarray, upper:
     offsets = margins * scale[:, None]
     with np.errstate(invalid="ignore"):  # ±inf margins give ±inf bounds
         widened_lower, widened_upper = lower - offsets, upper + offsets
-    realised = max(n - horizon, 1)
-    guarantee = (max(alpha, 1 - alpha) + rate) / (rate * realised)
     return AdaptiveIntervals(lower=widened_lower, upper=widened_upper, covered=covered, alphas=alphas, rate=rate,
-                             guarantee=guarantee)
+                             guarantee=coverage_bound(level, rate, realised, horizon))

@@ -341,7 +341,8 @@ def format_report(summary: dict[str, Any]) -> str:
             lines.append(f"{c['nominal']:.0%} interval recalibrated day by day (adaptive conformal, rate "
                          f"{a['rate']:.3f}) covers {a['observed']:.1%} (guaranteed within "
                          f"±{a['guaranteed_within']:.1%} of {c['nominal']:.0%}; unbounded on "
-                         f"{a['unbounded_points']} of {evaluation['test_points']} points)")
+                         f"{a['unbounded_points']}, empty on {a['empty_points']} of {evaluation['test_points']} "
+                         f"points)")
     lines.append(evaluation["verdict"])
     return "\n".join(lines)
 

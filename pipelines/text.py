@@ -150,6 +150,8 @@ def _train_text_model(place, data, model_config, optimizer_config, training_conf
         "train_seconds": result.train_seconds,
         "wall_seconds": result.wall_seconds,
         "tokens_per_second": tokens_per_second,
+        "train_batch_size": batch,  # the requested one, shrunk when a pass has fewer windows
+        "steps_per_epoch": steps_per_epoch,
         "stopped_early": result.stopped_early,
         "stopped_by_time_budget": result.stopped_by_time_budget,
         "resumed": result.resumed,

@@ -31,14 +31,18 @@ def to_proto(value) -> tensor_pb2.TensorProto:
     """An array (or anything `np.asarray` takes) as a TensorProto, as `tf.make_tensor_proto` would write it.
 
     Args:
-        value: float32/float64/int32/int64 arrays of two elements or more
-            and object arrays of bytes take the fast path; anything else is
-            passed to `tf.make_tensor_proto`.
+        value: NumPy float32/float64/int32/int64 arrays of two elements or
+            more and object arrays of bytes take the fast path; anything else
+            (Python lists and numbers included) is passed to `tf.make_tensor_proto`.
 
     Returns:
         The TensorProto.
     """
-    array = np.asarray(value)
+    if not isinstance(value, (np.ndarray, np.generic)):
+        import tensorflow as tf
+
+        return tf.make_tensor_proto(value)  # Python values: TensorFlow's own choice of dtype (float32, int32...)
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
     enum = _PACKED.get(array.dtype)
     # TensorFlow packs arrays of more than one element; it writes single values to `*_val`.
     if enum is not None and array.dtype.isnative and array.size > 1:  # native: little-endian wherever TF runs

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.adaptive_interval import (adaptive_intervals, conformal_quantile, nonconformity,
+from pipelines.adaptive_interval import (adaptive_intervals, conformal_quantile, coverage_bound, nonconformity,
                                          rate_for_tolerance)
 
 
@@ -33,12 +33,16 @@ def test_conformal_quantile_is_infinite_beyond_the_data_and_empty_below_zero():
 
 
 def test_the_default_rate_makes_the_guarantee_the_tolerance():
-    rate = rate_for_tolerance(0.8, 245, 0.03)
-    assert (max(0.2, 0.8) + rate) / (rate * 245) == pytest.approx(0.03)
-    assert rate_for_tolerance(0.8, 50, 0.03) == 1.0  # over 50 days no rate guarantees ±3 points
+    for delay in (1, 3):
+        rate = rate_for_tolerance(0.8, 245, delay, 0.03)
+        assert coverage_bound(0.8, rate, 245, delay) == pytest.approx(0.03)
+        assert coverage_bound(0.8, rate * 0.9, 245, delay) > 0.03  # and no smaller rate reaches it
+    # With one day's delay the bound is Gibbs & Candès' (max(alpha, 1 - alpha) + rate) / (rate T), or tighter.
+    assert coverage_bound(0.8, 0.05, 245) <= (0.8 + 0.05) / (0.05 * 245)
+    assert rate_for_tolerance(0.8, 30, 1, 0.03) == 1.0  # over 30 days no rate guarantees ±3 points
     scores, lower, upper, actual, volatility = shifted_regime(0, n_test=30)
     aci = adaptive_intervals(scores, lower, upper, actual, volatility, 0.8)
-    assert aci.rate == 1.0 and aci.guarantee == pytest.approx(1.8 / 29)  # and the looser bound is reported
+    assert aci.rate == 1.0 and aci.guarantee == pytest.approx(1.0 / 29)  # and the looser bound is reported
 
 
 @pytest.mark.parametrize("test_spread", [0.4, 2.5])  # the regime calms down / turns turbulent
@@ -55,17 +59,23 @@ def test_coverage_returns_to_nominal_where_the_static_margin_fails(test_spread):
     np.testing.assert_array_equal(aci.covered, (aci.lower <= actual) & (actual <= aci.upper))
 
 
-def test_the_guarantee_holds_whatever_the_sequence():
-    """Proposition 4.1 of Gibbs & Candès: for any sequence, adversarial ones included."""
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_the_guarantee_holds_whatever_the_sequence(horizon):
+    """Proposition 4.1 of Gibbs & Candès, for any sequence, adversarial ones included; with H-day-late truths."""
     rng = np.random.default_rng(3)
-    for trial in range(20):
-        n = 300
-        actual = np.where(rng.random((n, 1)) < 0.5, rng.normal(size=(n, 1)) * 5, 0.0)  # bursts and calm
+    n = 300
+    for trial, rate in enumerate([1.0, 0.5, *rng.uniform(0.02, 0.3, 18)]):
+        actual = np.where(rng.random((n, horizon)) < 0.5, rng.normal(size=(n, horizon)) * 5, 0.0)  # bursts, calm
         actual[rng.integers(0, n, 10)] = 1e6  # and shocks
-        scores = nonconformity(np.zeros((50, 1)), np.zeros((50, 1)), rng.normal(size=(50, 1)), np.ones(50))
-        rate = rng.uniform(0.02, 0.3)
-        aci = adaptive_intervals(scores, np.zeros((n, 1)), np.zeros((n, 1)), actual, np.ones(n), 0.8, rate)
-        assert abs(np.mean(aci.covered[:-1]) - 0.8) <= aci.guarantee + 1e-12, trial
+        if trial % 2:  # and long runs of misses, then of hits
+            actual[50:90] = 1e6
+            actual[150:200] = 0.0
+        scores = nonconformity(np.zeros((50, horizon)), np.zeros((50, horizon)), rng.normal(size=(50, horizon)),
+                               np.ones(50))
+        zeros = np.zeros((n, horizon))
+        aci = adaptive_intervals(scores, zeros, zeros, actual, np.ones(n), 0.8, rate)
+        fed_back = aci.covered[:n - horizon]
+        assert np.all(np.abs(fed_back.mean(axis=0) - 0.8) <= aci.guarantee + 1e-12), (trial, rate)
 
 
 def test_each_interval_uses_only_the_past():

@@ -130,3 +130,13 @@ def test_every_training_pass_fills_a_batch_even_on_a_tiny_corpus():
     passes = [[x.numpy() for x, _ in dataset] for _ in range(30)]
     assert all(passes) and {len(p) for p in passes} <= {1, 2}
     assert len({int(p[0][0, 0]) for p in passes}) > 2  # the grid still moves
+
+
+def test_the_repeated_training_dataset_moves_its_grid_every_pass():
+    ids = np.arange(2, 403, dtype=np.int32)  # 401 tokens: 40 windows of 10 at offset 0, 39 at others
+    stream = make_dataset(ids, seq_len=10, batch_size=8, shuffle=True, seed=1).repeat()
+    batches = [x.numpy() for x, _ in stream.take(40)]  # about 8 passes of 4 or 5 batches
+    grids = [{(int(start) - 2) % 10 for start in x[:, 0]} for x in batches]
+    assert all(len(grid) == 1 for grid in grids)  # a batch never mixes two passes...
+    offsets = [grid.pop() for grid in grids]
+    assert len(set(offsets)) > 2  # ...and the grid moves from pass to pass

@@ -15,7 +15,7 @@ import pytest
 
 from conftest import train_tiny
 from model.config import UsageError
-from pipelines.text_data import batches_per_pass
+from pipelines.text_data import batches_per_pass, training_batch_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,9 +44,10 @@ def test_run_directory_and_summary(exported_lstm):
     assert summary["epochs_run"] == 2 and not summary["resumed"]
     # An epoch is one pass over the training windows, drawn from one endless dataset.
     train_ids = np.zeros(summary["train_tokens"], np.int32)
-    per_epoch = batches_per_pass(train_ids, summary["config"]["data"]["seq_len"],
-                                 summary["config"]["training"]["batch_size"])
-    assert summary["steps"] == 2 * per_epoch
+    seq_len, batch_size = summary["config"]["data"]["seq_len"], summary["config"]["training"]["batch_size"]
+    per_epoch = batches_per_pass(train_ids, seq_len, batch_size)
+    assert summary["steps"] == 2 * per_epoch and summary["steps_per_epoch"] == per_epoch
+    assert summary["train_batch_size"] == training_batch_size(train_ids, seq_len, batch_size)
 
 
 class Interrupt(Exception):
