@@ -94,7 +94,11 @@ def bench_throughput(corpus_name: str, text: str, repeats: int = 3, steps: int =
     pipeline, bare = [], []
     with tempfile.TemporaryDirectory() as workdir:
         for _ in range(repeats):  # interleaved, so drifts in machine speed hit both alike
+            # Each from a clean slate: functions left by earlier runs make a new dataset iterator
+            # slower to create (seconds, inside the bare fit's timing).
+            keras.backend.clear_session(free_memory=True)
             bare.append(bare_fit_chars_per_second(data, model_config, steps))
+            keras.backend.clear_session(free_memory=True)
             pipeline.append(pipeline_chars_per_second(data, model_config, steps, Path(workdir)))
     result = {
         "corpus": corpus_name, "model": "LSTM-256, 1 layer, seq-len 100, batch 64", "steps": steps,
