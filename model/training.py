@@ -350,6 +350,8 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
     if remember and run.trained_json.exists() and run.best_weights.exists():
         # Killed after training, before the export finished: only what follows training is redone.
         print(f"run {run.run_id} finished training before it was interrupted: its best weights are loaded")
+        with model.distribute_strategy.scope():  # the checkpoint holds the optimizer's state too
+            model.optimizer.build(model.trainable_variables)
         model.load_weights(str(run.best_weights))
         return TrainingResult(**{**json.loads(run.trained_json.read_text()), "resumed": True})
     resumed = run.is_resuming

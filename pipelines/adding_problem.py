@@ -153,7 +153,8 @@ def train_adding(cell: str, steps: int, clip: str = "clipnorm", train_steps: int
     steps_per_epoch = min(eval_every, train_steps)
     epochs = -(-train_steps // steps_per_epoch)  # the last "epoch" may run past the budget by < eval_every
     history = model.fit(adding_dataset(steps, batch, seed, epochs * steps_per_epoch), validation_data=test,
-                        epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[monitor], verbose=0)
+                        epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[monitor], verbose=0,
+                        shuffle=False)  # every batch is a fresh random draw already
     seconds = time.perf_counter() - start
     test_mse = history.history["val_loss"]
     solved_at = next((i for i, mse in enumerate(test_mse) if mse < SOLVED_MSE), None)
