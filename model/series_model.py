@@ -211,6 +211,12 @@ class IntervalMargin(keras.layers.Layer):
                 "target_index": self.target_index}
 
 
+def nonconformity(lower: np.ndarray, upper: np.ndarray, actual: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """`[n, H]` scores: distance outside [lower, upper] (negative inside), per unit of each point's scale `[n]`."""
+    scale = np.maximum(np.asarray(scale, np.float64), 1e-12)[:, None]
+    return np.maximum(lower - actual, actual - upper) / scale
+
+
 def conformal_margin(lower: np.ndarray, upper: np.ndarray, actual: np.ndarray, level: float,
                      scale: np.ndarray | None = None) -> np.ndarray:
     """Conformalized quantile regression (Romano et al., 2019): the margin per horizon.
@@ -232,8 +238,7 @@ def conformal_margin(lower: np.ndarray, upper: np.ndarray, actual: np.ndarray, l
         fewer than level / (1 - level) calibration points the largest score is
         used, and the guarantee no longer holds.
     """
-    scale = np.ones(len(actual)) if scale is None else np.maximum(np.asarray(scale, np.float64), 1e-12)
-    scores = np.sort(np.maximum(lower - actual, actual - upper) / scale[:, None], axis=0)
+    scores = np.sort(nonconformity(lower, upper, actual, np.ones(len(actual)) if scale is None else scale), axis=0)
     n = scores.shape[0]
     rank = min(n, int(np.ceil(level * (n + 1))))
     return scores[rank - 1]

@@ -42,6 +42,8 @@ import math
 
 import numpy as np
 
+from model.series_model import nonconformity  # the score conformal calibration on validation uses
+
 # The calibration goal of the stock issue: an 80% interval covering 77-83% of test days.
 DEFAULT_TOLERANCE = 0.03
 
@@ -76,12 +78,6 @@ class AdaptiveIntervals:
                 "unbounded_points": int(np.sum(np.isinf(self.upper - self.lower) & (self.upper > self.lower))),
                 "empty_points": int(np.sum(self.lower > self.upper)),
                 "final_alpha": self.alphas[-1].tolist()}
-
-
-def nonconformity(lower: np.ndarray, upper: np.ndarray, actual: np.ndarray, volatility: np.ndarray) -> np.ndarray:
-    """`[n, H]` scores: distance outside [lower, upper] (negative inside), per unit of volatility `[n]`."""
-    scale = np.maximum(np.asarray(volatility, np.float64), 1e-12)[:, None]
-    return np.maximum(lower - actual, actual - upper) / scale
 
 
 def conformal_quantile(sorted_scores: list[float], level: float) -> float:
@@ -139,7 +135,7 @@ def adaptive_intervals(calibration_scores: np.ndarray, lower: np.ndarray, upper:
     """
     n, horizon = actual.shape
     scale = np.maximum(np.asarray(volatility, np.float64), 1e-12)
-    scores = nonconformity(lower, upper, actual, scale)
+    scores = nonconformity(lower, upper, actual, volatility)
     # The H-day-ahead truth arrives H days late: the bound holds over the n - H days fed back.
     realised = max(n - horizon, 1)
     rate = rate_for_tolerance(level, realised, horizon) if rate is None else rate

@@ -120,7 +120,7 @@ def calibrate_interval(model, series: PriceSeries, split: Split, origins: np.nda
         and the validation span's nonconformity scores `[n, H]`, from which
         the test span's adaptive intervals start.
     """
-    from model.series_model import conformal_margin
+    from model.series_model import conformal_margin, nonconformity
 
     layer = model.get_layer("interval_margin")
     layer.margin.assign(np.zeros(forecast.horizon, np.float32))
@@ -137,19 +137,22 @@ def calibrate_interval(model, series: PriceSeries, split: Split, origins: np.nda
     inside = lambda m: float(np.mean((z[:, :, 0] - m <= z_true) & (z_true <= z[:, :, -1] + m)))  # noqa: E731
     report = {"level": level, "margin_z": margin.tolist(), "validation_coverage_before": inside(0.0),
               "validation_coverage_after": inside(widen)}
-    return report, adaptive_interval.nonconformity(z[:, :, 0], z[:, :, -1], z_true, volatility)
+    return report, nonconformity(z[:, :, 0], z[:, :, -1], z_true, volatility)
 
 
-def adapt_interval(walked: backtest.Backtest, scaling, series: PriceSeries, split: Split, forecast: ForecastConfig,
-                   calibration_scores: np.ndarray, rate: Optional[float]) -> tuple[np.ndarray, dict[str, Any]]:
+def adapt_interval(walked: backtest.Backtest, scaling, series: PriceSeries, forecast: ForecastConfig,
+                   z_true: np.ndarray, calibration_scores: np.ndarray,
+                   rate: Optional[float]) -> tuple[np.ndarray, dict[str, Any]]:
     """Recalibrate the interval through the test span with ACI, from each day's past only.
+
+    Args:
+        z_true: `[n, H]` what happened after each walk-forward origin, in z units.
 
     Returns:
         The walk-forward quantiles in prices `[n, H, Q]` with ACI's bounds in
         place of the exported ones, and `AdaptiveIntervals.summary`.
     """
     target = series.target_values.astype(np.float32)
-    z_true = np.asarray(scaling.to_z(future_at(target, walked.origins, forecast.horizon), target[walked.origins]))
     level = forecast.quantiles[-1] - forecast.quantiles[0]
     aci = adaptive_interval.adaptive_intervals(calibration_scores, walked.raw_z[:, :, 0], walked.raw_z[:, :, -1],
                                                z_true, walked.volatility, level, rate)
@@ -287,7 +290,8 @@ def _train_series_model(place, series, split, forecast, model_config, optimizer_
                                    training_config.batch_size, training_config.seed, optimizer_config)
     adaptive = None
     if calibration_scores is not None:
-        adaptive = adapt_interval(walked, scaling, series, split, forecast, calibration_scores, adapt_rate)
+        test_z = examples["test"][1]  # the test origins are the ones the walk went through
+        adaptive = adapt_interval(walked, scaling, series, forecast, test_z, calibration_scores, adapt_rate)
     name = model_config.cell.upper().replace("SIMPLE_RNN", "SimpleRNN")
     evaluation = evaluate(series, split, forecast, walked.predictions, walked.origins, name, adaptive)
     metrics = evaluation["metrics"]
