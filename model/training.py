@@ -283,7 +283,10 @@ def standard_callbacks(run: RunDirectory, config: TrainingConfig,
         configured EarlyStopping and ReduceLROnPlateau.
     """
     # Resuming needs every worker to read the backup: not with several workers (model/distribute.py).
-    backup = [keras.callbacks.BackupAndRestore(str(run.backup))] if config.strategy != "multiworker" else []
+    # double_checkpoint: a kill while the backup is being written leaves it truncated; Keras then
+    # resumes from the previous epoch's copy instead of failing to open it.
+    backup = ([keras.callbacks.BackupAndRestore(str(run.backup), double_checkpoint=True)]
+              if config.strategy != "multiworker" else [])
     callbacks = backup + [
         keras.callbacks.ModelCheckpoint(
             str(run.best_weights), monitor="val_loss", save_best_only=True,

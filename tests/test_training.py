@@ -91,6 +91,15 @@ def test_an_interrupted_run_resumes_where_it_stopped(corpus_file, tmp_path):
         train_tiny(corpus_file, tmp_path, "gru", epochs=4, run_id="resumable")
 
 
+def test_a_backup_truncated_by_a_kill_resumes_from_the_epoch_before(corpus_file, tmp_path):
+    with pytest.raises(Interrupt):
+        train_tiny(corpus_file, tmp_path, "gru", epochs=4, run_id="torn", extra_callbacks=[InterruptAfterEpoch(1)])
+    latest = tmp_path / "runs" / "torn" / "backup" / "latest.weights.h5"
+    latest.write_bytes(latest.read_bytes()[:96])  # killed while writing the epoch-1 backup
+    summary = train_tiny(corpus_file, tmp_path, "gru", epochs=4, run_id="torn")
+    assert summary["resumed"] and summary["epochs_run"] == 3  # from the epoch-0 copy: epochs 1, 2 and 3
+
+
 class CountSteps(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
