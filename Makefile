@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: venv demo serve test bench load tensorboard clean
+.PHONY: venv demo serve test bench load tensorboard c-example clean
 
 $(INSTALLED): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,21 @@ bench: $(INSTALLED)
 load: $(INSTALLED)
 	$(PY) -m bench.load
 
+# Another app in another language: a C program loads the demo's exports with TensorFlow's C API
+# (TF_LoadSessionFromSavedModel, as TensorFlow Serving loads them) and runs them. Needs gcc; run `make demo` first.
+TF_DIR = $(shell $(PY) -c "import importlib.util; print(importlib.util.find_spec('tensorflow').submodule_search_locations[0])")
+C_EXAMPLE ?= build/run_saved_model
+
+$(C_EXAMPLE): serving/c_api/run_saved_model.c
+	@mkdir -p $(dir $@)
+	gcc -O2 -Wall -o $@ $< -I$(TF_DIR)/include -L$(TF_DIR) -l:libtensorflow_cc.so.2 -l:libtensorflow_framework.so.2 \
+		-Wl,-rpath,$(TF_DIR)
+
+c-example: $(INSTALLED) $(C_EXAMPLE)
+	SAVED_MODEL_CLI=$(VENV)/bin/saved_model_cli serving/c_api/run_demo.sh $(C_EXAMPLE) saved_models/text saved_models/stock
+
 tensorboard: $(INSTALLED)
 	$(VENV)/bin/tensorboard --logdir runs
 
 clean:
-	rm -rf runs saved_models/*/ .pytest_cache
+	rm -rf runs saved_models/*/ .pytest_cache build

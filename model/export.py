@@ -114,6 +114,52 @@ def export_new_version(base_dir: str | os.PathLike, write: Callable[[Path], None
         raise
 
 
+def save_signatures(directory: Path, signatures: Mapping[str, Any], resources: Iterable[Any] = ()) -> None:
+    """Save signature functions so that every SavedModel loader can run them.
+
+    Keras 3 wraps each weight in a `keras.Variable` that holds a `tf.Variable`.
+    Saving an object that reaches the weights through Keras layers writes
+    two variables per weight: the `tf.Variable` the functions read (which no
+    checkpoint entry restores) and a copy made for the `keras.Variable` (which
+    the checkpoint restores, but no function reads). Python's object-based
+    `tf.saved_model.load` rewires the functions onto the copy; the
+    session-based loader that TensorFlow Serving, Java, Go and the C API use
+    restores the copy and runs the functions on uninitialised variables
+    ("Could not find variable ..."). So the saved root tracks exactly the
+    `tf.Variable`s the traced functions capture, and no Keras object, as
+    Keras's own `ExportArchive` does: one variable per weight, restored by
+    every loader, and nothing the signatures do not use (no optimizer state).
+
+    Args:
+        directory: Where to write the SavedModel.
+        signatures: Signature key -> `tf.function` with an input signature.
+        resources: Other trackables the functions use, such as lookup
+            tables (their initialisers go into the SavedModel's init op).
+    """
+    import tensorflow as tf
+
+    concrete = {key: function.get_concrete_function() for key, function in signatures.items()}
+    variables: dict[int, tf.Variable] = {}
+    for function in concrete.values():
+        for variable in function.variables:
+            variables.setdefault(id(variable), variable)
+    root = tf.Module()
+    root.variables_used = list(variables.values())
+    root.resources = list(resources)
+    tf.saved_model.save(root, str(directory), signatures=concrete)
+
+
+def facts_per_row(facts: Mapping[str, Any], rows: Any) -> dict[str, Any]:
+    """The model's facts repeated once per row, for the `metadata` signature (call in-graph).
+
+    TensorFlow Serving's batching splits every output along its first
+    dimension, so a fact `[...]` is answered as `[rows, ...]`.
+    """
+    import tensorflow as tf
+
+    return {key: tf.repeat(value[None], rows, axis=0) for key, value in facts.items()}
+
+
 def write_metadata(saved_model_dir: Path, metadata: Mapping[str, Any]) -> None:
     """Write `assets/metadata.json`: what another app needs to use the model."""
     path = saved_model_dir / METADATA_FILE

@@ -3,7 +3,11 @@
     serving_default  window float32 [b, W, F]   raw prices (and other features), oldest first
                      -> next_value [b, H]       the next H values of the target, in price units
                         quantiles [b, H, Q]     when trained with quantiles (levels in metadata)
-    metadata         () -> model_kind, cell, window, horizon, features, target, transform, quantile_levels
+    metadata         rows [b] int32 (any values)
+                     -> model_kind [b], cell [b], window [b], horizon [b], features [b, F],
+                        target [b], transform [b], quantile_levels [b, Q]
+                        (the same facts in each of the b rows, as TensorFlow Serving's
+                        batching requires of every output)
 
 W, H, the feature names, the target and the transform are inside the
 SavedModel (this signature and `assets/metadata.json`), so a client needs
@@ -24,8 +28,12 @@ from model import export
 from model.series_model import cpu_portable_copy, price_scaling
 
 
-class SeriesModelSignatures(tf.Module):
+class SeriesModelSignatures:
     """The serving signatures of a next-value model.
+
+    A plain object, not a `tf.Module`: what is saved is only the functions and
+    the variables they use (see `export.save_signatures`), not the Keras model
+    (whose optimizer state serving has no use for).
 
     Args:
         model: A trained model from `model.series_model.build_next_value_model`.
@@ -33,7 +41,6 @@ class SeriesModelSignatures(tf.Module):
     """
 
     def __init__(self, model: keras.Model, metadata: dict[str, Any]):
-        super().__init__(name="series_model")
         # A copy that never selects cuDNN kernels, so a GPU-trained model exports CPU ops.
         self.network = cpu_portable_copy(model)
         self._scaling = price_scaling(self.network)
@@ -52,7 +59,8 @@ class SeriesModelSignatures(tf.Module):
 
         spec = tf.TensorSpec([None, self._window, self._features], tf.float32, name="window")
         self.predict = tf.function(self._predict, input_signature=[spec])
-        self.metadata = tf.function(lambda: dict(self._metadata), input_signature=[])
+        self.metadata = tf.function(lambda rows: export.facts_per_row(self._metadata, tf.shape(rows)[0]),
+                                    input_signature=[tf.TensorSpec([None], tf.int32, name="rows")])
 
     def _predict(self, window):
         expected = (f"window must have shape [batch, {self._window}, {self._features}]: {self._window} days "
@@ -96,14 +104,15 @@ def export_series_model(model: keras.Model, base_dir: str | Path, metadata: dict
     metadata = {"model_kind": "next_value", **metadata,
                 "signatures": {"serving_default": "window [b, W, F] -> next_value [b, H]"
                                + (", quantiles [b, H, Q]" if metadata["quantile_levels"] else ""),
-                               "metadata": "() -> model_kind, cell, window, horizon, features, target, "
-                                           "transform, quantile_levels"}}
+                               "metadata": "rows [b] -> model_kind, cell, window, horizon, features, target, "
+                                           "transform, quantile_levels (one row each)"}}
     module = SeriesModelSignatures(model, metadata)
 
     def write(directory: Path) -> None:
-        tf.saved_model.save(module, str(directory), signatures=module.signatures())
+        export.save_signatures(directory, module.signatures())
         export.write_metadata(directory, metadata)
         export.write_warmup_requests(directory, Path(base_dir).name, [
-            ("serving_default", {"window": np.asarray(warmup_window, np.float32)[None]})])
+            ("serving_default", {"window": np.asarray(warmup_window, np.float32)[None]}),
+            ("metadata", {"rows": np.array([0], np.int32)})])
 
     return export.export_new_version(base_dir, write)

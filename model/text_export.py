@@ -13,7 +13,14 @@ as TensorFlow Serving's batching requires):
                      temperature [b] float32, seed [b] int64
                      -> generated [b] string   the continuation only
     generate_top_k   the same plus top_k [b] int32 (0 = no restriction)
-    metadata         () -> model_kind, cell, token_level, seq_len, vocabulary
+    metadata         rows [b] int32 (any values)
+                     -> model_kind [b], cell [b], token_level [b] string,
+                        seq_len [b] int32, vocabulary [b, V] string
+                        (the same facts in each of the b rows)
+
+Every input and output has a leading batch dimension, as TensorFlow
+Serving's batching requires of every signature it runs (at least one input;
+outputs split back by rows): that is why `metadata` takes an input at all.
 
 Inference steps the recurrent *cells* one token at a time and carries their
 state, so n new tokens cost n steps (no window is ever re-fed). Using the
@@ -51,8 +58,11 @@ class _Weights:
     output_bias: tf.Tensor
 
 
-class TextModelSignatures(tf.Module):
-    """The serving signatures of a next-token model, as a `tf.Module`.
+class TextModelSignatures:
+    """The serving signatures of a next-token model.
+
+    A plain object, not a `tf.Module`: what is saved is only the functions and
+    the variables and table they use (see `export.save_signatures`).
 
     Args:
         model: A trained model from `model.builders.build_next_token_model`.
@@ -66,9 +76,8 @@ class TextModelSignatures(tf.Module):
 
     def __init__(self, model: keras.Model, vocabulary: Sequence[str], token_level: str,
                  unigram_counts: Sequence[int], metadata: dict[str, Any], top_k: int = 5):
-        super().__init__(name="text_model")
-        # The layers are tracked one by one, never the Keras model itself: saving a
-        # model traces its call(), which on a GPU would bake cuDNN ops into the export.
+        # The layers are read one by one, never the Keras model's call(): tracing it
+        # on a GPU would bake cuDNN ops into the export.
         self.lookup = make_lookup(vocabulary)
         self._embedding = model.get_layer("embedding")
         self._recurrent = recurrent_layers(model)
@@ -204,9 +213,9 @@ class TextModelSignatures(tf.Module):
     def generate_top_k(self, text, max_tokens, temperature, seed, top_k):
         return self._generate(text, max_tokens, temperature, seed, top_k)
 
-    @tf.function(input_signature=[])
-    def metadata(self):
-        return dict(self._metadata)
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="rows")])
+    def metadata(self, rows):
+        return export.facts_per_row(self._metadata, tf.shape(rows)[0])
 
     def signatures(self) -> dict[str, Any]:
         return {"serving_default": self.next_token, "generate": self.generate,
@@ -246,7 +255,7 @@ def export_text_model(model: keras.Model, base_dir: str | Path, vocabulary: Sequ
             "serving_default": "text -> probabilities, top_k_tokens, top_k_probabilities",
             "generate": "text, max_tokens, temperature, seed -> generated",
             "generate_top_k": "text, max_tokens, temperature, seed, top_k -> generated",
-            "metadata": "() -> model_kind, cell, token_level, seq_len, vocabulary",
+            "metadata": "rows [b] -> model_kind, cell, token_level, seq_len, vocabulary (one row each)",
         },
         **(extra_metadata or {}),
     }
@@ -254,13 +263,17 @@ def export_text_model(model: keras.Model, base_dir: str | Path, vocabulary: Sequ
     name = Path(base_dir).name
 
     def write(directory: Path) -> None:
-        tf.saved_model.save(module, str(directory), signatures=module.signatures())
+        export.save_signatures(directory, module.signatures(), resources=[module.lookup.lookup_table])
         export.write_metadata(directory, metadata)
         prompt = np.array([" ".join(vocabulary[:3]) if token_level == "word" else "".join(vocabulary[:3])])
         export.write_warmup_requests(directory, name, [
             ("serving_default", {"text": prompt}),
             ("generate", {"text": prompt, "max_tokens": np.array([8], np.int32),
                           "temperature": np.array([1.0], np.float32), "seed": np.array([0], np.int64)}),
+            ("generate_top_k", {"text": prompt, "max_tokens": np.array([8], np.int32),
+                                "temperature": np.array([1.0], np.float32), "seed": np.array([0], np.int64),
+                                "top_k": np.array([3], np.int32)}),
+            ("metadata", {"rows": np.array([0], np.int32)}),
         ])
 
     return export.export_new_version(base_dir, write)

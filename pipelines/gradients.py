@@ -233,9 +233,9 @@ def run_through_time(run_dir: Path, corpus: Optional[str], batch: int, seed: int
     summary = json.loads(summary_path.read_text())
     if "vocabulary_size" not in summary:
         raise UsageError(f"{run_dir} is not a text run; through-time on series models: --kind series")
-    metadata = tf.saved_model.load(summary["export_path"]).signatures["metadata"]()
-    vocabulary = [t.decode("utf-8") for t in metadata["vocabulary"].numpy()]
-    seq_len = int(metadata["seq_len"].numpy())
+    metadata = tf.saved_model.load(summary["export_path"]).signatures["metadata"](rows=tf.constant([0]))
+    vocabulary = [t.decode("utf-8") for t in metadata["vocabulary"].numpy()[0]]
+    seq_len = int(metadata["seq_len"].numpy()[0])
     config = summary["config"]
     model = builders.build_next_token_model(id_space_size(vocabulary), ModelConfig(**config["model"]))
     model.load_weights(str(run_dir / "best.weights.h5"))

@@ -9,8 +9,11 @@ configs only: nothing here knows how a model was trained.
 Hot reloading is safe for requests in flight: a request holds its
 `LoadedVersion` while it runs, and unloading only removes the version from the
 table, so the old version answers until its last request has finished.
-A version that fails to load is reported (state END with the error) while the
-versions already loaded keep serving. A directory without `saved_model.pb`
+Versions are loaded the way TensorFlow Serving loads them (a Session, the
+restore and init ops: `serving.saved_model_bundle`), and become AVAILABLE only
+once their warmup requests have run. A version that fails to load or to warm
+up is reported (state END with the error) while the versions already loaded
+keep serving. A directory without `saved_model.pb`
 is incomplete (still being copied) and is skipped until it is complete.
 """
 
@@ -20,12 +23,13 @@ import dataclasses
 import logging
 import threading
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import grpc
-import tensorflow as tf
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.config import model_server_config_pb2
+
+from serving.saved_model_bundle import SavedModelBundle, Signature, error_message, load_bundle
 
 log = logging.getLogger("serving")
 
@@ -47,19 +51,22 @@ class LoadedVersion:
         name: The model's name.
         version: Its version number.
         path: Its directory.
-        saved_model: What `tf.saved_model.load` returned.
-        signature_defs: The SignatureDef protos, as `GetModelMetadata` returns them.
+        bundle: The Session-loaded SavedModel.
     """
 
     name: str
     version: int
     path: Path
-    saved_model: object
-    signature_defs: dict[str, meta_graph_pb2.SignatureDef]
+    bundle: SavedModelBundle
 
-    def signature(self, name: str):
+    @property
+    def signature_defs(self) -> dict[str, meta_graph_pb2.SignatureDef]:
+        """The SignatureDef protos, as `GetModelMetadata` returns them."""
+        return {key: signature.definition for key, signature in self.bundle.signatures.items()}
+
+    def signature(self, name: str) -> Signature:
         name = name or "serving_default"
-        signatures = self.saved_model.signatures
+        signatures = self.bundle.signatures
         if name not in signatures:
             raise ServingError(grpc.StatusCode.NOT_FOUND,
                                f"model {self.name} version {self.version} has no signature {name!r}; "
@@ -67,13 +74,12 @@ class LoadedVersion:
         return signatures[name]
 
 
-def load_version(name: str, version: int, path: Path) -> LoadedVersion:
-    """Load a SavedModel version and read its signature definitions."""
-    saved_model = tf.saved_model.load(str(path))
-    proto = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes())
-    signature_defs = {key: value for key, value in proto.meta_graphs[0].signature_def.items()
-                      if not key.startswith("__")}
-    return LoadedVersion(name, version, path, saved_model, signature_defs)
+def load_version(name: str, version: int, path: Path, session_config=None) -> LoadedVersion:
+    """Load a SavedModel version with the session-based loader (no warmup)."""
+    return LoadedVersion(name, version, path, load_bundle(path, session_config))
+
+
+Loader = Callable[[str, int, Path], LoadedVersion]
 
 
 def complete_versions(base_path: Path) -> list[int]:
@@ -101,10 +107,13 @@ class ModelManager:
     Args:
         config: The ModelServerConfig (models.config).
         root: Directory that relative base paths are resolved against.
+        load: Loads one version, warmup included; raises if it cannot serve.
     """
 
-    def __init__(self, config: model_server_config_pb2.ModelServerConfig, root: Path = Path(".")):
+    def __init__(self, config: model_server_config_pb2.ModelServerConfig, root: Path = Path("."),
+                 load: Loader = load_version):
         self._root = root
+        self._load = load
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()  # one refresh at a time
         self._configs: dict[str, model_server_config_pb2.ModelConfig] = {}
@@ -146,9 +155,9 @@ class ModelManager:
                         break
                     for version in missing:
                         try:
-                            new = load_version(name, version, base / str(version))
+                            new = self._load(name, version, base / str(version))
                         except Exception as error:  # noqa: BLE001 - any load failure is reported, not fatal
-                            message = f"{type(error).__name__}: {str(error).splitlines()[0][:500]}"
+                            message = f"{type(error).__name__}: {error_message(error)[:500]}"
                             log.warning("model %s version %d failed to load: %s", name, version, message)
                             with self._lock:
                                 self._failed.setdefault(name, {})[version] = message

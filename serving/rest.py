@@ -62,7 +62,7 @@ def _to_array(name: str, value: Any, spec: tf.TensorSpec) -> np.ndarray:
 
 def decode_json(body: dict[str, Any], signature) -> tuple[dict[str, np.ndarray], bool]:
     """The request's inputs as arrays, and whether it used the row ("instances") format."""
-    specs = signature.structured_input_signature[1]
+    specs = signature.inputs
     if ("instances" in body) == ("inputs" in body):
         raise _bad('the request needs exactly one of "instances" (rows) and "inputs" (columns)')
     if "instances" in body:

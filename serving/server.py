@@ -8,6 +8,11 @@ and `ModelService` calls, built on the official protos of tensorflow-serving-api
 so one client works against both. Flags are named as TensorFlow Serving names
 them. It reads SavedModels and configs only.
 
+Versions are loaded as TensorFlow Serving loads them: the session-based
+loader (restore op, init op), then the warmup file replayed; a version whose
+warmup fails never serves (`serving.saved_model_bundle`). With
+`--enable_batching`, every Predict obeys BatchingSession's rules and codes.
+
 Implemented: Predict (model_spec name, version or version_label,
 signature_name; inputs as TensorProto; output_filter), GetModelMetadata
 (signature_def), GetModelStatus, HandleReloadConfigRequest; Classify, Regress
@@ -37,6 +42,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from google.protobuf import wrappers_pb2  # noqa: E402
+from tensorflow.core.protobuf import config_pb2  # noqa: E402
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,  # noqa: E402
                                      model_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
@@ -44,21 +50,13 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from serving import config as tfs_config  # noqa: E402
 from serving import tensors  # noqa: E402
 from serving.batching import BatchingOptions, BatchScheduler, QueueFull  # noqa: E402
-from serving.models import LoadedVersion, ModelManager, ServingError  # noqa: E402
+from serving.models import LoadedVersion, ModelManager, ServingError, load_version  # noqa: E402
+from serving.saved_model_bundle import Signature, error_message, replay_warmup  # noqa: E402
 from serving.metrics import ServingMetrics  # noqa: E402
 from serving.rest import RestServer  # noqa: E402
 
 log = logging.getLogger("serving")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-
-
-def _graph_error_message(error: tf.errors.OpError) -> str:
-    """The useful line of a graph error: the model's own message, not TensorFlow's stack summary."""
-    lines = [line.strip() for line in error.message.splitlines() if line.strip()]
-    skip = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[")
-    useful = [line for line in lines if not line.startswith(skip)]
-    text = useful[0] if useful else lines[0] if lines else str(error)
-    return text.removeprefix("assertion failed: [").rstrip("]")
 
 
 def check_names(names, signature, signature_name: str) -> None:
@@ -67,7 +65,7 @@ def check_names(names, signature, signature_name: str) -> None:
     Raises:
         ServingError: INVALID_ARGUMENT naming the first missing or unknown input and listing the inputs.
     """
-    specs = signature.structured_input_signature[1]
+    specs = signature.inputs
     missing = sorted(set(specs) - set(names))
     unknown = sorted(set(names) - set(specs))
     if missing or unknown:
@@ -85,7 +83,7 @@ def check_inputs(arrays: dict[str, np.ndarray], signature, signature_name: str) 
         ServingError: INVALID_ARGUMENT naming the input and what it should be.
     """
     check_names(arrays, signature, signature_name)
-    for name, spec in signature.structured_input_signature[1].items():
+    for name, spec in signature.inputs.items():
         if not spec.shape.is_compatible_with(arrays[name].shape):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"input {name!r} must have shape {spec.shape.as_list()} (None: any size), "
@@ -149,7 +147,7 @@ def decode_tensor_protos(request_inputs, signature, limits: RequestLimits = Requ
     decoded: a proto can claim a huge shape in a few bytes, and decoding it
     would allocate that much.
     """
-    specs = signature.structured_input_signature[1]
+    specs = signature.inputs
     check_names(request_inputs, signature, signature_name)
     elements = string_bytes = 0
     for name, proto in request_inputs.items():
@@ -180,6 +178,48 @@ def decode_tensor_protos(request_inputs, signature, limits: RequestLimits = Requ
     return arrays
 
 
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}  # TensorFlow's codes are gRPC's
+
+
+def check_batchable_inputs(inputs: dict[str, np.ndarray]) -> int:
+    """BatchingSession's rules for a request's inputs (`batching_util.h`, ComputeTensorBatchSize).
+
+    Returns:
+        The request's rows (the inputs' common first dimension).
+
+    Raises:
+        ServingError: INVALID_ARGUMENT, as TensorFlow Serving answers with batching on.
+    """
+    if not inputs:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Batching Run() must have at least one input tensor "
+                           "(with --enable_batching every signature needs an input with a batch dimension)")
+    if any(array.ndim == 0 for array in inputs.values()):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Batching Run() input tensors must have at least one "
+                           f"dimension; got shapes {({k: list(v.shape) for k, v in inputs.items()})}")
+    sizes = {len(array) for array in inputs.values()}
+    if len(sizes) > 1:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Batching Run() input tensors must have equal "
+                           f"0th-dimension size; got shapes {({k: list(v.shape) for k, v in inputs.items()})}")
+    return sizes.pop()
+
+
+def check_batched_outputs(outputs: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """BatchingSession's rules for a batch's outputs (`batching_session.cc`, SplitOutputTensors).
+
+    Raises:
+        ServingError: FAILED_PRECONDITION for an output without a batch dimension of `rows`.
+    """
+    for name, array in outputs.items():
+        if array.ndim == 0:
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"Batched output tensor has 0 dimensions (output {name!r})")
+        if len(array) != rows:
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               "Batched output tensor's 0th dimension does not equal the sum of the 0th dimension "
+                               f"sizes of the input tensors (output {name!r}: {len(array)} rows for {rows})")
+    return outputs
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService over a `ModelManager`."""
 
@@ -190,21 +230,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.metrics = metrics
         self.limits = limits
 
-    def _run(self, loaded: LoadedVersion, name: str, signature, inputs: dict[str, np.ndarray]):
-        specs = signature.structured_input_signature[1]
+    def _run(self, loaded: LoadedVersion, signature: Signature, inputs: dict[str, np.ndarray],
+             outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        if self.batching is None:
+            return signature.run(inputs, outputs)
+        check_batchable_inputs(inputs)
 
         def run(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            outputs = signature(**{key: tf.constant(value, dtype=specs[key].dtype) for key, value in arrays.items()})
-            return {key: np.asarray(value) for key, value in outputs.items()}
+            return check_batched_outputs(signature.run(arrays, outputs), len(next(iter(arrays.values()))))
 
-        if self.batching is None or not inputs:  # nothing to merge (e.g. the metadata signature)
-            return run(inputs)
-        sizes = {len(value) if value.ndim else None for value in inputs.values()}
-        if len(sizes) > 1 or None in sizes:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "with batching, every input needs the same "
-                               f"leading batch dimension; got {({k: list(v.shape) for k, v in inputs.items()})}")
-        try:
-            return self.batching.run((loaded.name, loaded.version, name), run, inputs)
+        try:  # one queue per tensor signature (inputs and fetched outputs), as BatchingSession keys them
+            return self.batching.run((loaded.name, loaded.version, signature.key, tuple(outputs)), run, inputs)
         except QueueFull as error:
             raise ServingError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
 
@@ -240,20 +276,44 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def _predict_arrays(self, name, version, label, signature_name, decode, output_filter):
         loaded = self.models.resolve(name, version, label)
+        return self.predict_loaded(loaded, signature_name, decode, output_filter)
+
+    def predict_loaded(self, loaded: LoadedVersion, signature_name: str, decode,
+                       output_filter: Sequence[str] = ()) -> tuple[LoadedVersion, str, dict[str, np.ndarray]]:
+        """Predict with a version already chosen (requests after `resolve`; warmup before it serves)."""
         signature_name = signature_name or "serving_default"
         signature = loaded.signature(signature_name)
         inputs = check_inputs(decode(signature), signature, signature_name)
         self.limits.check_rows(inputs)
-        wanted = list(output_filter) or list(signature.structured_outputs)
-        unknown = [key for key in wanted if key not in signature.structured_outputs]
+        wanted = list(output_filter) or sorted(signature.outputs)
+        unknown = [key for key in wanted if key not in signature.outputs]
         if unknown:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"output_filter names unknown output "
-                               f"{unknown[0]!r}; outputs: {', '.join(sorted(signature.structured_outputs))}")
+                               f"{unknown[0]!r}; outputs: {', '.join(sorted(signature.outputs))}")
         try:
-            outputs = self._run(loaded, signature_name, signature, inputs)
-        except tf.errors.InvalidArgumentError as error:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, _graph_error_message(error)) from None
-        return loaded, signature_name, {key: outputs[key] for key in wanted}
+            outputs = self._run(loaded, signature, inputs, wanted)
+        except tf.errors.OpError as error:  # the graph's own checks: their code, as Session::Run returns it
+            code = _GRPC_CODES.get(error.error_code, grpc.StatusCode.UNKNOWN)
+            raise ServingError(code, error_message(error)) from None
+        return loaded, signature_name, outputs
+
+    def warm_up(self, loaded: LoadedVersion) -> int:
+        """Replay the version's warmup requests through the Predict path (batching included).
+
+        Returns:
+            How many records ran.
+
+        Raises:
+            WarmupError: The first record that failed.
+        """
+        def predict(request: predict_pb2.PredictRequest):
+            signature_name = request.model_spec.signature_name or "serving_default"
+            return self.predict_loaded(
+                loaded, signature_name,
+                lambda signature: decode_tensor_protos(request.inputs, signature, self.limits, signature_name),
+                request.output_filter)
+
+        return replay_warmup(loaded.path, predict)
 
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
         spec = request.model_spec
@@ -376,13 +436,15 @@ class Server:
             those holding the base paths of `model_config_file`.
         allow_version_labels_for_unavailable_models: Accept labels naming a version not loaded
             (otherwise a reload answers FAILED_PRECONDITION, as TensorFlow Serving does).
+        session_config: The Sessions' options (thread pools), as --tensorflow_*_parallelism set them.
     """
 
     def __init__(self, model_config_file: str, host: str = "127.0.0.1", port: int = 8500,
                  file_system_poll_wait_seconds: float = 1.0, model_config_file_poll_wait_seconds: float = 0.0,
                  max_workers: int = 16, batching: Optional[BatchingOptions] = None, rest_api_port: int = 0,
                  monitoring=None, limits: RequestLimits = RequestLimits(),
-                 allowed_model_roots: Sequence[str] = (), allow_version_labels_for_unavailable_models: bool = False):
+                 allowed_model_roots: Sequence[str] = (), allow_version_labels_for_unavailable_models: bool = False,
+                 session_config: Optional[config_pb2.ConfigProto] = None):
         self.config_path = Path(model_config_file)
         config = tfs_config.read_model_config(self.config_path)
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=[
@@ -396,14 +458,17 @@ class Server:
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port}; pick another --port")
         self.host = host
-        self.models = ModelManager(config)
-        self._stop = threading.Event()
-        self._polls = [(file_system_poll_wait_seconds, self.models.refresh),
-                       (model_config_file_poll_wait_seconds, self._reload_config)]
         scheduler = BatchScheduler(batching) if batching else None
         prometheus = monitoring.prometheus_config if monitoring is not None else None
         self.metrics = ServingMetrics() if prometheus is not None and prometheus.enable else None
-        self.predictions = PredictionService(self.models, scheduler, self.metrics, limits)
+        # Warmup runs through the Predict path, so the service exists before any version loads.
+        self.predictions = PredictionService(None, scheduler, self.metrics, limits)
+        self._session_config = session_config
+        self.models = ModelManager(config, load=self._load_and_warm_up)
+        self.predictions.models = self.models
+        self._stop = threading.Event()
+        self._polls = [(file_system_poll_wait_seconds, self.models.refresh),
+                       (model_config_file_poll_wait_seconds, self._reload_config)]
         roots = tfs_config.model_roots(config) + [Path(root) for root in allowed_model_roots]
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(self.predictions, self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
@@ -413,6 +478,18 @@ class Server:
         metrics_path = (prometheus.path or "/monitoring/prometheus/metrics") if self.metrics else None
         self.rest = (RestServer(self.predictions, self.models, host, rest_api_port, self.metrics, metrics_path)
                      if rest_api_port else None)
+
+    def _load_and_warm_up(self, name: str, version: int, path: Path) -> LoadedVersion:
+        """Load a version as TensorFlow Serving does; it may serve only once its warmup requests succeed."""
+        loaded = load_version(name, version, path, self._session_config)
+        try:
+            count = self.predictions.warm_up(loaded)
+        except BaseException:
+            loaded.bundle.close()
+            raise
+        if count:
+            log.info("model %s version %d: %d warmup requests replayed", name, version, count)
+        return loaded
 
     def _reload_config(self) -> None:
         try:
@@ -503,7 +580,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         args.model_config_file_poll_wait_seconds, args.max_workers, batching,
                         args.rest_api_port, monitoring,
                         RequestLimits(args.max_request_rows, args.max_request_elements),
-                        args.allowed_model_root, args.allow_version_labels_for_unavailable_models).start()
+                        args.allowed_model_root, args.allow_version_labels_for_unavailable_models,
+                        config_pb2.ConfigProto(intra_op_parallelism_threads=args.tensorflow_intra_op_parallelism,
+                                               inter_op_parallelism_threads=args.tensorflow_inter_op_parallelism)
+                        ).start()
     except (tfs_config.ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

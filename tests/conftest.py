@@ -99,6 +99,21 @@ def exported_stock(tmp_path_factory):
     return summary, Path(summary["export_path"]), series
 
 
+def with_cudnn_kernels(model):
+    """The same model with every LSTM/GRU set to cuDNN kernels, as a GPU training run uses them."""
+    import keras
+
+    def clone(layer):
+        config = layer.get_config()
+        if "use_cudnn" in config:
+            config["use_cudnn"] = True
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def copy_version(source: Path, base: Path, version: int) -> Path:
     """Publish a version the way the exporter does: copy aside, then rename into place."""
     base.mkdir(parents=True, exist_ok=True)

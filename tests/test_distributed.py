@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import free_port
+from conftest import free_port, with_cudnn_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,21 +148,6 @@ def test_the_series_pipeline_trains_under_mirrored_strategy_and_exports(exported
     assert summary["chief"] and summary["config"]["training"]["strategy"] == "mirrored"
     assert (Path(summary["export_path"]) / "saved_model.pb").is_file()
     assert np.isfinite(summary["best_val_loss"])
-
-
-def with_cudnn_kernels(model):
-    """The same model with every LSTM/GRU set to cuDNN kernels, as a GPU training run uses them."""
-    import keras
-
-    def clone(layer):
-        config = layer.get_config()
-        if "use_cudnn" in config:
-            config["use_cudnn"] = True
-        return layer.__class__.from_config(config)
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

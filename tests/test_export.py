@@ -54,11 +54,13 @@ def test_signatures_and_their_output_names(loaded_lstm):
         "temperature": (tf.float32, [None]), "seed": (tf.int64, [None])}
 
 
-def test_metadata_signature(loaded_lstm, exported_lstm):
-    out = loaded_lstm.signatures["metadata"]()
-    assert out["cell"].numpy() == b"lstm" and out["token_level"].numpy() == b"char"
-    assert int(out["seq_len"].numpy()) == 20
-    assert len(out["vocabulary"].numpy()) == exported_lstm[0]["vocabulary_size"]
+def test_metadata_signature_answers_the_same_facts_in_every_row(loaded_lstm, exported_lstm):
+    out = loaded_lstm.signatures["metadata"](rows=tf.constant([7, 0, 3]))  # values are ignored
+    assert list(out["cell"].numpy()) == [b"lstm"] * 3 and list(out["token_level"].numpy()) == [b"char"] * 3
+    assert list(out["seq_len"].numpy()) == [20] * 3
+    vocabulary = json.loads((exported_lstm[1] / "assets" / "metadata.json").read_text())["vocabulary"]
+    assert out["vocabulary"].shape == (3, exported_lstm[0]["vocabulary_size"])
+    assert [t.decode() for t in out["vocabulary"].numpy()[2]] == vocabulary
 
 
 def _keras_model_of_run(summary) -> tuple:
@@ -163,7 +165,9 @@ def test_warmup_file_holds_replayable_prediction_logs(exported_lstm, loaded_lstm
 
     records = list(tf.data.TFRecordDataset(str(exported_lstm[1] / WARMUP_FILE)).as_numpy_iterator())
     logs = [prediction_log_pb2.PredictionLog.FromString(record) for record in records]
-    assert [log.predict_log.request.model_spec.signature_name for log in logs] == ["serving_default", "generate"]
+    # Every signature, so a version that any signature of cannot run is never served.
+    assert [log.predict_log.request.model_spec.signature_name for log in logs] == [
+        "serving_default", "generate", "generate_top_k", "metadata"]
     for log in logs:
         request = log.predict_log.request
         assert request.model_spec.name == "tiny"

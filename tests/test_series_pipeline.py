@@ -97,9 +97,9 @@ def test_export_answers_in_price_units_in_another_process(trained, msft, tmp_pat
         model = tf.saved_model.load(sys.argv[1])
         window = np.array(json.loads(sys.argv[2]), np.float32)
         out = model.signatures["serving_default"](window=tf.constant(window))
-        meta = model.signatures["metadata"]()
+        meta = model.signatures["metadata"](rows=tf.constant([0]))
         print(json.dumps({"next_value": out["next_value"].numpy().tolist(),
-                          "window": int(meta["window"]), "transform": meta["transform"].numpy().decode()}))
+                          "window": int(meta["window"][0]), "transform": meta["transform"].numpy()[0].decode()}))
     """)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", script, str(version), json.dumps(windows.tolist())],

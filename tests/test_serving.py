@@ -175,8 +175,8 @@ def test_with_batching_concurrent_generations_equal_unbatched_ones(model_dirs):
         with PredictionClient(target, "text") as client:  # a faulty request in a batch fails alone
             with pytest.raises(ServingCallError, match="temperature must be > 0"):
                 client.generate("x", temperature=0.0)
-            assert int(client.predict({}, "metadata")["seq_len"]) == 20  # no inputs: nothing to batch
-            with pytest.raises(ServingCallError, match="same leading batch dimension"):
+            assert list(client.predict({"rows": np.array([0, 0], np.int32)}, "metadata")["seq_len"]) == [20, 20]
+            with pytest.raises(ServingCallError, match="equal 0th-dimension size"):
                 client.predict({"text": np.array([b"a", b"b"], dtype=object), "max_tokens": np.array([1], np.int32),
                                 "temperature": np.array([1.0], np.float32), "seed": np.array([1], np.int64)},
                                "generate")

@@ -78,3 +78,15 @@ def test_compose_file_and_kubernetes_manifests_agree_on_ports_and_paths():
     assert {m["mountPath"] for m in container["volumeMounts"]} == {"/saved_models", "/config"}
     assert deployment["spec"]["replicas"] >= 2 and hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     assert svc["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_the_real_server_is_the_release_of_the_exporting_tensorflow():
+    """A SavedModel from a newer TensorFlow may hold ops an older TensorFlow Serving lacks: pin the same release."""
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().split() if "==" in line)
+    release = pins["tensorflow"]
+    assert pins["tensorflow-serving-api"] == release  # the protos the client and the embedded server speak
+    compose = yaml.safe_load((SERVING / "docker-compose.yml").read_text())
+    deployment = yaml.safe_load((SERVING / "kubernetes" / "deployment.yaml").read_text())
+    images = [compose["services"]["tensorflow-serving"]["image"],
+              *[c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]]]
+    assert images == [f"tensorflow/serving:{release}"] * 2
