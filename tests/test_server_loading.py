@@ -213,8 +213,8 @@ def test_batched_outputs_without_a_batch_dimension_fail_with_failed_precondition
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("truncated variables", "OutOfRangeError"),
-    ("a saved_model.pb from something else", "saved_model.pb"),
+    ("truncated variables", "OutOfRangeError: Read less bytes than requested"),
+    ("a saved_model.pb from something else", "Cannot parse file"),
     ("no variables directory", "Could not find variable"),  # loads (nothing to restore); warmup fails
 ])
 def test_a_version_the_session_loader_cannot_load_is_reported_and_nothing_else_stops(text_server, exported_lstm,
