@@ -195,7 +195,8 @@ class PredictionClient:
                            [dim.size for dim in info.tensor_shape.dim]) for name, info in tensors.items()}
 
         return {name: {"inputs": describe(sig.inputs), "outputs": describe(sig.outputs)}
-                for name, sig in signatures.signature_def.items()}
+                for name, sig in signatures.signature_def.items()
+                if not name.startswith("__")}  # __saved_model_init_op: listed by the server, not callable
 
     def status(self) -> list[dict[str, Any]]:
         """Each version's state (AVAILABLE, END, ...) and error message."""

@@ -2,22 +2,107 @@
 
 With `--monitoring_config_file` (a MonitoringConfig whose prometheus_config is
 enabled), the REST port answers the configured path (by default
-`/monitoring/prometheus/metrics`) in Prometheus' text format: requests per
-model, signature and status code, their latency, and the versions loaded.
+`/monitoring/prometheus/metrics`) in Prometheus' text format with:
+
+- TensorFlow Serving's own metrics, under its names and labels, so that one
+  dashboard and one alert serve both servers (`servables/tensorflow/util.cc`,
+  `saved_model_warmup_util.cc`; names as `util/prometheus_exporter.cc` writes
+  them, `/tensorflow/serving/request_count` -> `:tensorflow:serving:request_count`):
+  `request_count{model_name, status}` (every gRPC Predict, Classify and
+  Regress and every REST request), `request_latency{model_name, API,
+  entrypoint}` and `runtime_latency{model_name, API, runtime}` (microseconds,
+  successful requests), `model_warmup_latency{model_path, status}`;
+- this server's extras: requests per model, signature and code, their
+  latency in seconds, and the versions loaded (`rnn_serving_*`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+# monitoring::Buckets::Exponential(10, 1.8, 33): the bucket limits of every TensorFlow Serving latency histogram.
+LATENCY_BUCKETS_MICROS = [10 * 1.8 ** i for i in range(33)]
 
-class ServingMetrics:
-    """The server's counters, in a registry of their own (several servers can share a process)."""
+
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f'{name}="{_label_value(value)}"' for name, value in labels.items())
+
+
+class TensorFlowServingMetrics:
+    """TensorFlow Serving's counters and histograms, written in its exporter's format."""
+
+    COUNTERS = {"/tensorflow/serving/request_count": ("model_name", "status")}
+    HISTOGRAMS = {"/tensorflow/serving/request_latency": ("model_name", "API", "entrypoint"),
+                  "/tensorflow/serving/runtime_latency": ("model_name", "API", "runtime"),
+                  "/tensorflow/serving/model_warmup_latency": ("model_path", "status")}
 
     def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: dict[str, dict[tuple[str, ...], int]] = {name: {} for name in self.COUNTERS}
+        # name -> labels -> [bucket counts..., sum]
+        self._histograms: dict[str, dict[tuple[str, ...], list[float]]] = {name: {} for name in self.HISTOGRAMS}
+
+    def count_request(self, model_name: str, status: str) -> None:
+        with self._lock:
+            cells = self._counts["/tensorflow/serving/request_count"]
+            cells[(model_name, status)] = cells.get((model_name, status), 0) + 1
+
+    def observe(self, name: str, labels: tuple[str, ...], micros: float) -> None:
+        """Add one sample (microseconds) to one of `HISTOGRAMS`."""
+        with self._lock:
+            cell = self._histograms[name].setdefault(labels, [0.0] * (len(LATENCY_BUCKETS_MICROS) + 2))
+            index = next((i for i, limit in enumerate(LATENCY_BUCKETS_MICROS) if micros < limit),
+                         len(LATENCY_BUCKETS_MICROS))
+            cell[index] += 1
+            cell[-1] += micros
+
+    @staticmethod
+    def sanitized(name: str) -> str:
+        """A TensorFlow metric name as a Prometheus one: every character but [a-zA-Z0-9_] becomes ':'."""
+        text = "".join(c if c.isascii() and (c.isalnum() or c == "_") else ":" for c in name)
+        return "_" + text if text[:1].isdigit() else text
+
+    def exposition(self) -> str:
+        """The metrics as TensorFlow Serving's exporter writes them (no HELP lines, sorted by name)."""
+        lines = []
+        with self._lock:
+            for name in sorted([*self.COUNTERS, *self.HISTOGRAMS]):
+                metric = self.sanitized(name)
+                if name in self.COUNTERS:
+                    lines.append(f"# TYPE {metric} counter")
+                    for values, count in sorted(self._counts[name].items()):
+                        lines.append(f"{metric}{{{_labels(dict(zip(self.COUNTERS[name], values)))}}} {count}")
+                    continue
+                lines.append(f"# TYPE {metric} histogram")
+                for values, cell in sorted(self._histograms[name].items()):
+                    labels = _labels(dict(zip(self.HISTOGRAMS[name], values)))
+                    cumulative = 0
+                    for limit, count in zip([*LATENCY_BUCKETS_MICROS, None], cell[:-1]):
+                        cumulative += int(count)
+                        le = "+Inf" if limit is None else f"{limit:g}"
+                        lines.append(f'{metric}_bucket{{{labels},le="{le}"}} {cumulative}')
+                    lines.append(f"{metric}_sum{{{labels}}} {cell[-1]:g}")
+                    lines.append(f"{metric}_count{{{labels}}} {cumulative}")
+        return "\n".join(lines) + "\n"
+
+
+class ServingMetrics:
+    """The server's metrics, in a registry of their own (several servers can share a process).
+
+    Attributes:
+        tfs: TensorFlow Serving's metrics.
+    """
+
+    def __init__(self):
+        self.tfs = TensorFlowServingMetrics()
         self.registry = CollectorRegistry()
         self.requests = Counter("rnn_serving_requests", "Predict requests", ["model", "signature", "code"],
                                 registry=self.registry)
@@ -38,8 +123,22 @@ class ServingMetrics:
             self.latency.labels(model, signature).observe(time.perf_counter() - start)
             self.requests.labels(model, signature, outcome["code"]).inc()
 
+    def record_request(self, model_name: str, api: str, entrypoint: str, status: str, seconds: float) -> None:
+        """One request as TensorFlow Serving counts it: request_count always, request_latency on success.
+
+        Args:
+            model_name: As the request names it (possibly empty).
+            api: `Predict`, `Classify`, `Regress` (gRPC); `predict`... or "" (REST status and metadata).
+            entrypoint: `GRPC` or `REST`.
+            status: The status code's name, e.g. `OK`, `NOT_FOUND`.
+            seconds: How long it took.
+        """
+        self.tfs.count_request(model_name, status)
+        if status == "OK":
+            self.tfs.observe("/tensorflow/serving/request_latency", (model_name, api, entrypoint), seconds * 1e6)
+
     def exposition(self, models) -> bytes:
         """The current metrics in Prometheus' text format."""
         for name in models.names():
-            self.loaded_versions.labels(name).set(sum(1 for _, state, _ in models.status(name) if state == "AVAILABLE"))
-        return generate_latest(self.registry)
+            self.loaded_versions.labels(name).set(len(models.available_versions(name)))
+        return self.tfs.exposition().encode("utf-8") + generate_latest(self.registry)

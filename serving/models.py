@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import grpc
+from google.protobuf import wrappers_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.saved_model_bundle import SavedModelBundle, Signature, error_message, load_bundle
+from serving.saved_model_bundle import SavedModelBundle, Signature, error_message, load_bundle, status_code
 
 log = logging.getLogger("serving")
 
@@ -60,17 +62,27 @@ class LoadedVersion:
     bundle: SavedModelBundle
 
     @property
-    def signature_defs(self) -> dict[str, meta_graph_pb2.SignatureDef]:
-        """The SignatureDef protos, as `GetModelMetadata` returns them."""
-        return {key: signature.definition for key, signature in self.bundle.signatures.items()}
+    def all_signature_defs(self) -> dict[str, meta_graph_pb2.SignatureDef]:
+        """Every SignatureDef, `__saved_model_init_op` included, as `GetModelMetadata` returns them."""
+        return dict(self.bundle.meta_graph.signature_def)
+
+    def model_spec(self) -> model_pb2.ModelSpec:
+        """The ModelSpec GetModelMetadata answers: the name and the version served (no signature)."""
+        return model_pb2.ModelSpec(name=self.name, version=wrappers_pb2.Int64Value(value=self.version))
 
     def signature(self, name: str) -> Signature:
+        """The signature a Predict names.
+
+        Raises:
+            ServingError: FAILED_PRECONDITION for an unknown signature, as TensorFlow Serving answers
+                (`predict_util.cc`).
+        """
         name = name or "serving_default"
         signatures = self.bundle.signatures
         if name not in signatures:
-            raise ServingError(grpc.StatusCode.NOT_FOUND,
-                               f"model {self.name} version {self.version} has no signature {name!r}; "
-                               f"it has: {', '.join(sorted(signatures))}")
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f'Serving signature key "{name}" not found (model {self.name} version '
+                               f"{self.version} has: {', '.join(sorted(signatures))})")
         return signatures[name]
 
 
@@ -80,6 +92,24 @@ def load_version(name: str, version: int, path: Path, session_config=None) -> Lo
 
 
 Loader = Callable[[str, int, Path], LoadedVersion]
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionStatus:
+    """One row of GetModelStatus: a version's state and, for a failed load, its error.
+
+    Attributes:
+        version: The version number.
+        state: `AVAILABLE` or `END` (unloaded, or failed to load).
+        code: OK, or the code of the error that stopped the load.
+        message: The error, or "".
+    """
+
+    version: int
+    state: str
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    message: str = ""
+
 
 
 def complete_versions(base_path: Path) -> list[int]:
@@ -101,6 +131,42 @@ def wanted_versions(available: list[int], policy: model_server_config_pb2.ModelC
     return available[-max(1, count):]
 
 
+def signature_def_map(loaded: LoadedVersion) -> get_model_metadata_pb2.SignatureDefMap:
+    """GetModelMetadata's `signature_def`: every SignatureDef, `__saved_model_init_op` included."""
+    return get_model_metadata_pb2.SignatureDefMap(signature_def=loaded.all_signature_defs)
+
+
+def check_tf_example_signature(loaded: LoadedVersion, signature_name: str, kind: str) -> None:
+    """What Classify and Regress check before they run (classifier.cc, regressor.cc).
+
+    They take tf.Example protos through a signature whose one input is named
+    `inputs`; the exported models have Predict signatures (raw strings and
+    prices in, tensors out), so every one of their signatures fails a check
+    with TensorFlow Serving's code (INVALID_ARGUMENT). A signature that passed
+    them all would need tf.Example parsing, which this server does not do.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT naming the check that fails; UNIMPLEMENTED past them.
+    """
+    key = signature_name or "serving_default"
+    if key not in loaded.bundle.signatures:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"No signature was found with the name: {key}")
+    definition = loaded.bundle.signatures[key].definition
+    outputs_allowed = (1, 2) if kind == "classification" else (1,)
+    if len(definition.inputs) != 1:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Expected one input Tensor. (signature {key!r} "
+                           f"takes {', '.join(sorted(definition.inputs)) or 'none'}; use Predict)")
+    if len(definition.outputs) not in outputs_allowed:
+        expected = "one or two output Tensors" if kind == "classification" else "one output Tensor"
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Expected {expected}, found {len(definition.outputs)} "
+                           f"(signature {key!r}; use Predict)")
+    if "inputs" not in definition.inputs:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"No {kind} inputs found in SignatureDef {key!r} "
+                           "(it needs an input named 'inputs' holding tf.Example protos; use Predict)")
+    raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{kind} of tf.Example inputs is not implemented by this "
+                       "server; use Predict")
+
+
 class ModelManager:
     """The table of loaded versions, refreshed from disk and from the config.
 
@@ -118,7 +184,9 @@ class ModelManager:
         self._refresh_lock = threading.Lock()  # one refresh at a time
         self._configs: dict[str, model_server_config_pb2.ModelConfig] = {}
         self._loaded: dict[str, dict[int, LoadedVersion]] = {}
-        self._failed: dict[str, dict[int, str]] = {}
+        self._failed: dict[str, dict[int, VersionStatus]] = {}
+        # Unloaded versions stay in END, also after their model left the config (TensorFlow Serving's
+        # ServableStateMonitor never forgets a version).
         self._unloaded: dict[str, set[int]] = {}
         self.set_config(config)
 
@@ -127,10 +195,11 @@ class ModelManager:
         configs = {model.name: model for model in config.model_config_list.config}
         with self._refresh_lock:  # not while a refresh walks the old list
             with self._lock:
+                for name in [name for name in self._loaded if name not in configs]:
+                    self._unloaded.setdefault(name, set()).update(self._loaded.pop(name))
+                for name in [name for name in configs if name not in self._configs]:
+                    self._failed.pop(name, None)  # a model added (again) gets a fresh try at every version
                 self._configs = configs
-                for table in (self._loaded, self._failed, self._unloaded):
-                    for name in [name for name in table if name not in configs]:
-                        del table[name]
         self.refresh()
 
     def base_path(self, name: str) -> Path:
@@ -160,7 +229,8 @@ class ModelManager:
                             message = f"{type(error).__name__}: {error_message(error)[:500]}"
                             log.warning("model %s version %d failed to load: %s", name, version, message)
                             with self._lock:
-                                self._failed.setdefault(name, {})[version] = message
+                                self._failed.setdefault(name, {})[version] = VersionStatus(
+                                    version, "END", status_code(error), message)
                             continue
                         with self._lock:
                             self._loaded.setdefault(name, {})[version] = new
@@ -175,22 +245,24 @@ class ModelManager:
         """The version a request asks for: a number, a label, or the newest loaded.
 
         Raises:
-            ServingError: NOT_FOUND for an unknown model, version or label; INVALID_ARGUMENT for no name.
+            ServingError: with TensorFlow Serving's codes (`server_core.cc`, ServableRequestFromModelSpec):
+                INVALID_ARGUMENT for no name or an unknown label (of any model, known or not),
+                NOT_FOUND for an unknown model or a version that is not loaded.
         """
         if not name:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "model_spec.name is empty: name the model to "
                                f"query (served models: {', '.join(self.names())})")
         with self._lock:
+            if label:
+                labels = self._configs[name].version_labels if name in self._configs else {}
+                if label not in labels:
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Unrecognized servable version label: "
+                                       f"{label} (model {name!r} has labels: {', '.join(sorted(labels)) or 'none'})")
+                version = labels[label]
             if name not in self._configs:
                 raise ServingError(grpc.StatusCode.NOT_FOUND,
                                    f"model {name!r} not found; served models: {', '.join(sorted(self._configs))}")
             loaded = self._loaded.get(name, {})
-            if label:
-                labels = self._configs[name].version_labels
-                if label not in labels:
-                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"model {name!r} has no version label "
-                                       f"{label!r}; labels: {', '.join(sorted(labels)) or 'none'}")
-                version = labels[label]
             if version is None:
                 if not loaded:
                     raise ServingError(grpc.StatusCode.UNAVAILABLE, f"model {name!r} has no version loaded yet")
@@ -201,17 +273,27 @@ class ModelManager:
                                    f"{', '.join(map(str, sorted(loaded))) or 'none'}")
             return loaded[version]
 
-    def status(self, name: str) -> list[tuple[int, str, str]]:
-        """(version, state, error message) of every version seen: AVAILABLE, or END once
-        unloaded (no error) or after failing to load (with the error)."""
+    def status(self, name: str) -> list[VersionStatus]:
+        """Every version ever seen of a model, newest first: AVAILABLE, or END once unloaded
+        (also after the model left the config) or after failing to load (with the error).
+
+        Raises:
+            ServingError: NOT_FOUND when no version of that name was ever seen, as TensorFlow Serving answers.
+        """
         with self._lock:
-            if name not in self._configs:
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"model {name!r} not found")
             loaded = self._loaded.get(name, {})
-            rows = [(v, "AVAILABLE", "") for v in loaded]
-            rows += [(v, "END", error) for v, error in list(self._failed.get(name, {}).items())]
-            rows += [(v, "END", "") for v in self._unloaded.get(name, set()) if v not in loaded]
-        return sorted(rows)
+            rows = [VersionStatus(v, "AVAILABLE") for v in loaded]
+            rows += [row for v, row in self._failed.get(name, {}).items() if v not in loaded]
+            rows += [VersionStatus(v, "END") for v in self._unloaded.get(name, set())
+                     if v not in loaded and v not in self._failed.get(name, {})]
+        if not rows:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+        return sorted(rows, key=lambda row: -row.version)
+
+    def available_versions(self, name: str) -> list[int]:
+        """The versions of a model that serve now, ascending."""
+        with self._lock:
+            return sorted(self._loaded.get(name, {}))
 
     def unavailable_labels(self) -> list[str]:
         """Labels that point at a version not loaded now, each described in words.
@@ -229,3 +311,24 @@ class ModelManager:
     def names(self) -> list[str]:
         with self._lock:
             return sorted(self._configs)
+
+
+def status_response(models: ModelManager, name: str, version: Optional[int] = None
+                    ) -> get_model_status_pb2.GetModelStatusResponse:
+    """GetModelStatus's answer (gRPC and REST): every version seen, newest first, or one version.
+
+    Raises:
+        ServingError: NOT_FOUND for a model or version never seen (`get_model_status_impl.cc`).
+    """
+    rows = models.status(name)
+    if version is not None:
+        rows = [row for row in rows if row.version == version]
+        if not rows:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for row in rows:
+        status = response.model_version_status.add(
+            version=row.version, state=get_model_status_pb2.ModelVersionStatus.State.Value(row.state))
+        status.status.error_code = row.code.value[0]
+        status.status.error_message = row.message
+    return response

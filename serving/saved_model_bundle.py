@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
+import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
@@ -35,7 +36,28 @@ SERVE_TAG = "serve"
 
 
 class WarmupError(Exception):
-    """A warmup record failed: the version must not become AVAILABLE."""
+    """A warmup record failed: the version must not become AVAILABLE.
+
+    Attributes:
+        code: The gRPC code of the failure (GetModelStatus reports it).
+    """
+
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT):
+        super().__init__(message)
+        self.code = code
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}  # TensorFlow's error codes are gRPC's
+
+
+def status_code(error: BaseException) -> grpc.StatusCode:
+    """The status code of an error: its own (`code`), TensorFlow's, or UNKNOWN."""
+    code = getattr(error, "code", None)
+    if isinstance(code, grpc.StatusCode):
+        return code
+    if isinstance(error, tf.errors.OpError):
+        return _CODES.get(error.error_code, grpc.StatusCode.UNKNOWN)
+    return grpc.StatusCode.UNKNOWN
 
 
 def tensor_spec(info: meta_graph_pb2.TensorInfo) -> tf.TensorSpec:
@@ -171,7 +193,8 @@ def warmup_requests(version_dir: Path) -> Iterator[prediction_log_pb2.Prediction
                 raise WarmupError(f"Failed to parse warmup record {count} from {path}") from None
             yield log
     except tf.errors.DataLossError as error:
-        raise WarmupError(f"{error.message}. Please verify your warmup data is in TFRecord format.") from None
+        raise WarmupError(f"{error.message}. Please verify your warmup data is in TFRecord format.",
+                          grpc.StatusCode.DATA_LOSS) from None
 
 
 def replay_warmup(version_dir: Path, predict: Callable[[predict_pb2.PredictRequest], object]) -> int:
@@ -192,12 +215,12 @@ def replay_warmup(version_dir: Path, predict: Callable[[predict_pb2.PredictReque
         kind = log.WhichOneof("log_type")
         if kind != "predict_log":  # the exports write Predict records only, and this server serves Predict
             raise WarmupError(f"warmup record {count + 1}: unsupported log_type {kind!r} (this server "
-                              "replays predict_log records)")
+                              "replays predict_log records)", grpc.StatusCode.UNIMPLEMENTED)
         try:
             predict(log.predict_log.request)
         except Exception as error:  # noqa: BLE001 - any failure refuses the version
             signature = log.predict_log.request.model_spec.signature_name or "serving_default"
             raise WarmupError(f"warmup record {count + 1} (signature {signature!r}) failed: "
-                              f"{error_message(error)}") from None
+                              f"{error_message(error)}", status_code(error)) from None
         count += 1
     return count

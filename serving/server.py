@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import Optional, Sequence
@@ -43,15 +44,17 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from google.protobuf import wrappers_pb2  # noqa: E402
 from tensorflow.core.protobuf import config_pb2  # noqa: E402
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_management_pb2,  # noqa: E402
+from tensorflow_serving.apis import (get_model_metadata_pb2, model_management_pb2,  # noqa: E402
                                      model_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
 from serving import config as tfs_config  # noqa: E402
 from serving import tensors  # noqa: E402
 from serving.batching import BatchingOptions, BatchScheduler, QueueFull  # noqa: E402
-from serving.models import LoadedVersion, ModelManager, ServingError, load_version  # noqa: E402
-from serving.saved_model_bundle import Signature, error_message, replay_warmup  # noqa: E402
+from serving.models import (LoadedVersion, ModelManager, ServingError, check_tf_example_signature,  # noqa: E402
+                            load_version, signature_def_map, status_response)
+from serving.saved_model_bundle import (WARMUP_FILE, Signature, error_message, replay_warmup,  # noqa: E402
+                                       status_code)
 from serving.metrics import ServingMetrics  # noqa: E402
 from serving.rest import RestServer  # noqa: E402
 
@@ -96,20 +99,21 @@ class RequestLimits:
     """What one Predict request may ask for (TensorFlow Serving bounds only the message size).
 
     Attributes:
-        max_rows: Rows (leading batch dimension) per input.
+        max_rows: Rows (leading batch dimension) per input; 0, the default, sets no limit (TensorFlow
+            Serving has none: a 300-row request is ordinary).
         max_elements: Elements in all inputs together, checked on the declared shapes before anything
             is allocated.
         max_string_bytes: Bytes of all strings together once decoded (a TensorProto repeats its last
             string to fill its shape: one long string could otherwise become gigabytes).
     """
 
-    max_rows: int = 256
+    max_rows: int = 0
     max_elements: int = 4 * 1024 * 1024
     max_string_bytes: int = MAX_MESSAGE_BYTES
 
     def check_rows(self, arrays: dict[str, np.ndarray]) -> None:
         for name, array in arrays.items():
-            if array.ndim and len(array) > self.max_rows:
+            if self.max_rows and array.ndim and len(array) > self.max_rows:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"input {name!r} holds {len(array)} rows, over the limit of {self.max_rows} "
                                    "per request; split it into several requests")
@@ -220,6 +224,39 @@ def check_batched_outputs(outputs: dict[str, np.ndarray], rows: int) -> dict[str
     return outputs
 
 
+def require_model_spec(request) -> None:
+    """Every request names its model (predict_impl.cc and the other services: "Missing ModelSpec")."""
+    if not request.HasField("model_spec"):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec: set model_spec.name")
+
+
+def check_multi_inference(request, loaded: LoadedVersion) -> None:
+    """What MultiInference checks (multi_inference.cc): one model, distinct signatures, classify/regress only.
+
+    Raises:
+        ServingError: TensorFlow Serving's code for the first check that fails; UNIMPLEMENTED past them.
+    """
+    seen = set()
+    for task in request.tasks:
+        if not task.model_spec.name:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Found ModelSpec with an empty model name.")
+        if task.model_spec.name != request.tasks[0].model_spec.name:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        key = task.model_spec.signature_name or "serving_default"
+        if key in seen:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Duplicate evaluation of signature: {key}")
+        seen.add(key)
+        if key not in loaded.bundle.signatures:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Requested signature not found in model graph: {key}")
+        method = loaded.bundle.signatures[key].definition.method_name
+        if method not in ("tensorflow/serving/classify", "tensorflow/serving/regress"):
+            raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"Unsupported signature method_name: {method} "
+                               f"(signature {key!r}; use Predict)")
+    raise ServingError(grpc.StatusCode.UNIMPLEMENTED, "MultiInference over tf.Example inputs is not implemented by "
+                       "this server; use Predict")
+
+
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService over a `ModelManager`."""
 
@@ -288,10 +325,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         wanted = list(output_filter) or sorted(signature.outputs)
         unknown = [key for key in wanted if key not in signature.outputs]
         if unknown:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"output_filter names unknown output "
-                               f"{unknown[0]!r}; outputs: {', '.join(sorted(signature.outputs))}")
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"output tensor alias not found in signature: "
+                               f"{unknown[0]} (outputs: {', '.join(sorted(signature.outputs))})")
+        repeated = [key for i, key in enumerate(wanted) if key in wanted[:i]]
+        if repeated:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"duplicate output tensor alias: {repeated[0]}")
         try:
+            start = time.perf_counter()
             outputs = self._run(loaded, signature, inputs, wanted)
+            if self.metrics is not None:  # around Session::Run, as predict_util.cc records it
+                self.metrics.tfs.observe("/tensorflow/serving/runtime_latency", (loaded.name, "Predict", "TF1"),
+                                         (time.perf_counter() - start) * 1e6)
         except tf.errors.OpError as error:  # the graph's own checks: their code, as Session::Run returns it
             code = _GRPC_CODES.get(error.error_code, grpc.StatusCode.UNKNOWN)
             raise ServingError(code, error_message(error)) from None
@@ -315,55 +359,75 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
         return replay_warmup(loaded.path, predict)
 
-    def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
-        spec = request.model_spec
+    def _answer(self, context, model_name: str, api: str, call):
+        """Answer one Predict, Classify or Regress: its errors as gRPC codes, TensorFlow Serving's metrics around it."""
+        code, start = grpc.StatusCode.OK, time.perf_counter()
         try:
-            loaded, name, outputs = self.predict_arrays(
-                spec.name, spec.version.value if spec.HasField("version") else None,
-                spec.version_label if spec.HasField("version_label") else None, spec.signature_name,
-                lambda signature: decode_tensor_protos(request.inputs, signature, self.limits,
-                                                       spec.signature_name or "serving_default"),
-                request.output_filter)
-            response = predict_pb2.PredictResponse(model_spec=model_pb2.ModelSpec(
-                name=loaded.name, version=wrappers_pb2.Int64Value(value=loaded.version), signature_name=name))
-            for key, value in outputs.items():
-                response.outputs[key].CopyFrom(tensors.to_proto(value))
-            return response
+            return call()
         except ServingError as error:
+            code = error.code
             context.abort(error.code, error.message)
         except Exception as error:  # noqa: BLE001 - never crash the server on one request
-            log.exception("Predict failed")
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+            log.exception("%s failed", api)
+            code = grpc.StatusCode.INTERNAL
+            context.abort(code, f"{type(error).__name__}: {error}")
+        finally:
+            if self.metrics is not None:
+                self.metrics.record_request(model_name, api, "GRPC", code.name, time.perf_counter() - start)
+
+    def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+        return self._answer(context, request.model_spec.name, "Predict", lambda: self._predict(request))
+
+    def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        spec = request.model_spec
+        require_model_spec(request)
+        loaded, name, outputs = self.predict_arrays(
+            spec.name, spec.version.value if spec.HasField("version") else None,
+            spec.version_label if spec.HasField("version_label") else None, spec.signature_name,
+            lambda signature: decode_tensor_protos(request.inputs, signature, self.limits,
+                                                   spec.signature_name or "serving_default"),
+            request.output_filter)
+        response = predict_pb2.PredictResponse(model_spec=model_pb2.ModelSpec(
+            name=loaded.name, version=wrappers_pb2.Int64Value(value=loaded.version), signature_name=name))
+        for key, value in outputs.items():  # the typed fields, as TensorFlow Serving writes outputs
+            response.outputs[key].CopyFrom(tensors.to_proto_field(value))
+        return response
 
     def GetModelMetadata(self, request, context):
-        try:
+        try:  # the fields are checked before the model is looked up (get_model_metadata_impl.cc)
+            require_model_spec(request)
+            if not request.metadata_field:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "GetModelMetadataRequest must specify at "
+                                   "least one metadata_field (the one supported: signature_def)")
+            for field in request.metadata_field:
+                if field != "signature_def":
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field} is not supported "
+                                       "(the one supported: signature_def)")
             loaded = self._resolve(request.model_spec)
-            fields = list(request.metadata_field) or ["signature_def"]
-            if fields != ["signature_def"]:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"metadata_field must be ['signature_def'], got {fields}")
-            response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=model_pb2.ModelSpec(
-                name=loaded.name, version=wrappers_pb2.Int64Value(value=loaded.version)))
-            signature_map = get_model_metadata_pb2.SignatureDefMap()
-            for key, value in loaded.signature_defs.items():
-                signature_map.signature_def[key].CopyFrom(value)
-            response.metadata["signature_def"].Pack(signature_map)
+            response = get_model_metadata_pb2.GetModelMetadataResponse(model_spec=loaded.model_spec())
+            response.metadata["signature_def"].Pack(signature_def_map(loaded))
             return response
         except ServingError as error:
             context.abort(error.code, error.message)
 
-    def _unimplemented(self, method: str, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented: the exported models "
-                      "have Predict signatures only; use Predict")
+    def _tf_example(self, request, kind: str) -> None:
+        require_model_spec(request)
+        check_tf_example_signature(self._resolve(request.model_spec), request.model_spec.signature_name, kind)
 
     def Classify(self, request, context):
-        self._unimplemented("Classify", context)
+        return self._answer(context, request.model_spec.name, "Classify",
+                            lambda: self._tf_example(request, "classification"))
 
     def Regress(self, request, context):
-        self._unimplemented("Regress", context)
+        return self._answer(context, request.model_spec.name, "Regress",
+                            lambda: self._tf_example(request, "regression"))
 
     def MultiInference(self, request, context):
-        self._unimplemented("MultiInference", context)
+        try:
+            check_multi_inference(request, self._resolve(request.tasks[0].model_spec if request.tasks
+                                                         else model_pb2.ModelSpec()))
+        except ServingError as error:
+            context.abort(error.code, error.message)
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -376,47 +440,37 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self.allow_labels_for_unavailable = allow_labels_for_unavailable
 
     def GetModelStatus(self, request, context):
+        """Every version ever seen, newest first; a version label is ignored, as TensorFlow Serving ignores it."""
         try:
-            rows = self.models.status(request.model_spec.name)
-            if request.model_spec.HasField("version"):
-                rows = [row for row in rows if row[0] == request.model_spec.version.value]
-                if not rows:
-                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"model {request.model_spec.name!r} has no "
-                                       f"version {request.model_spec.version.value}")
-            response = get_model_status_pb2.GetModelStatusResponse()
-            for version, state, error in rows:
-                status = response.model_version_status.add(
-                    version=version, state=get_model_status_pb2.ModelVersionStatus.State.Value(state))
-                if error:
-                    status.status.error_code = 2  # UNKNOWN
-                    status.status.error_message = error
-            return response
+            require_model_spec(request)
+            spec = request.model_spec
+            return status_response(self.models, spec.name, spec.version.value if spec.HasField("version") else None)
         except ServingError as error:
             context.abort(error.code, error.message)
 
     def HandleReloadConfigRequest(self, request, context):
-        response = model_management_pb2.ReloadConfigResponse()
+        """A reload that fails fails the call itself, with the code and message (model_service_impl.cc)."""
         try:
-            tfs_config.validate_model_config(request.config, "reload request")
-            # Anyone who reaches the port can send a reload: it may not point the server at arbitrary files.
-            tfs_config.check_base_paths_within(request.config, self.allowed_roots, "reload request")
-        except tfs_config.ConfigError as error:
-            response.status.error_code = 3  # INVALID_ARGUMENT: the served models stay as they were
-            response.status.error_message = str(error)
-            return response
-        try:
-            self.models.set_config(request.config)
-        except Exception as error:  # noqa: BLE001
-            log.exception("applying a new model config failed")
-            response.status.error_code = 13  # INTERNAL
-            response.status.error_message = f"the new config is in place, but applying it failed: {error}"
-            return response
-        unavailable = [] if self.allow_labels_for_unavailable else self.models.unavailable_labels()
-        if unavailable:  # as TensorFlow Serving answers: the models are reloaded, the label cannot serve
-            response.status.error_code = 9  # FAILED_PRECONDITION
-            response.status.error_message = (f"{unavailable[0]}; requests by that label get NOT_FOUND until it "
-                                             "loads (--allow_version_labels_for_unavailable_models accepts this)")
-        return response
+            try:
+                tfs_config.validate_model_config(request.config, "reload request")
+                # Anyone who reaches the port can send a reload: it may not point the server at arbitrary files.
+                tfs_config.check_base_paths_within(request.config, self.allowed_roots, "reload request")
+            except tfs_config.ConfigError as error:  # the served models stay as they were
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+            try:
+                self.models.set_config(request.config)
+            except Exception as error:  # noqa: BLE001
+                log.exception("applying a new model config failed")
+                raise ServingError(grpc.StatusCode.INTERNAL,
+                                   f"the new config is in place, but applying it failed: {error}") from None
+            unavailable = [] if self.allow_labels_for_unavailable else self.models.unavailable_labels()
+            if unavailable:  # the models are reloaded, the label cannot serve
+                raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f"{unavailable[0]}; requests by that label "
+                                   "get NOT_FOUND until it loads (--allow_version_labels_for_unavailable_models "
+                                   "accepts this)")
+        except ServingError as error:
+            context.abort(error.code, error.message)
+        return model_management_pb2.ReloadConfigResponse()
 
 
 class Server:
@@ -482,11 +536,17 @@ class Server:
     def _load_and_warm_up(self, name: str, version: int, path: Path) -> LoadedVersion:
         """Load a version as TensorFlow Serving does; it may serve only once its warmup requests succeed."""
         loaded = load_version(name, version, path, self._session_config)
+        start, status = time.perf_counter(), "OK"
         try:
             count = self.predictions.warm_up(loaded)
-        except BaseException:
+        except BaseException as error:
+            status = f"{status_code(error).name}: {error}"
             loaded.bundle.close()
             raise
+        finally:
+            if self.metrics is not None and (path / WARMUP_FILE).is_file():
+                self.metrics.tfs.observe("/tensorflow/serving/model_warmup_latency", (str(path), status),
+                                         (time.perf_counter() - start) * 1e6)
         if count:
             log.info("model %s version %d: %d warmup requests replayed", name, version, count)
         return loaded
@@ -543,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow_version_labels_for_unavailable_models", nargs="?", const=True, default=False,
                         type=_flag, help="accept version labels naming a version that is not loaded")
     parser.add_argument("--max_request_rows", type=int, default=RequestLimits.max_rows,
-                        help="rows (batch size) one request may send per input")
+                        help="rows (batch size) one request may send per input (0, the default: no limit)")
     parser.add_argument("--max_request_elements", type=int, default=RequestLimits.max_elements,
                         help="elements one request may send, all inputs together")
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
@@ -591,8 +651,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     stopped = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopped.set())
-    loaded = {name: [v for v, state, _ in server.models.status(name) if state == "AVAILABLE"]
-              for name in server.models.names()}
+    loaded = {name: server.models.available_versions(name) for name in server.models.names()}
     rest = f" (REST on port {server.rest.port})" if server.rest else ""
     print(f"serving on {server.host}:{server.port}{rest}: " +
           ", ".join(f"{name} {versions or 'no version yet'}" for name, versions in loaded.items()), flush=True)

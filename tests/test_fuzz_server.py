@@ -28,7 +28,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_service_p
 from conftest import publish_text_and_stock, start_server
 
 PROPER_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED}
+                grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNIMPLEMENTED}
 INPUT_NAMES = ["text", "window", "max_tokens", "temperature", "seed", "top_k", "junk"]
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 

@@ -98,5 +98,6 @@ def test_no_unsafe_deserialisation_or_evaluation_in_the_code():
 def test_the_readme_states_the_limits_and_that_a_saved_model_is_code():
     readme = (ROOT / "README.md").read_text()
     assert "a SavedModel is code" in readme
-    for limit in (f"{RequestLimits.max_rows}", f"{RequestLimits.max_elements:,}", "16 MiB", "10,000"):
+    assert "`--max_request_rows`" in readme and RequestLimits.max_rows == 0  # no row limit unless asked
+    for limit in (f"{RequestLimits.max_elements:,}", "16 MiB", "10,000"):
         assert limit in readme, limit

@@ -86,8 +86,8 @@ def _bad_warmup_records(name: str):
 
 @pytest.mark.parametrize("case, message", [
     ("a request the model refuses", "warmup record 2 (signature 'generate') failed: temperature must be > 0"),
-    ("an unknown signature", "warmup record 1 (signature 'no_such_signature') failed: model text version 2 "
-                             "has no signature 'no_such_signature'"),
+    ("an unknown signature", "warmup record 1 (signature 'no_such_signature') failed: Serving signature key "
+                             '"no_such_signature" not found'),
     ("a missing input", "warmup record 1 (signature 'generate') failed: missing input 'max_tokens'"),
 ])
 def test_a_version_whose_warmup_fails_is_refused_and_the_previous_keeps_serving(text_server, exported_lstm,

@@ -131,10 +131,11 @@ def test_a_bad_reload_request_is_refused_and_changes_nothing(server):
     config = model_server_config_pb2.ModelServerConfig()
     for _ in range(2):
         config.model_config_list.config.add(name="twin", base_path="/nowhere")
-    with grpc.insecure_channel(server) as channel:
-        reply = model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
+    with grpc.insecure_channel(server) as channel, pytest.raises(grpc.RpcError) as refused:
+        model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(
             model_management_pb2.ReloadConfigRequest(config=config), timeout=60)
-    assert reply.status.error_code == 3 and "appears twice" in reply.status.error_message
+    # As in TensorFlow Serving, a failed reload fails the call itself with the code (model_service_impl.cc).
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "appears twice" in refused.value.details()
     with PredictionClient(server, "text") as client:
         assert client.next_token(["still the old config"])
 
@@ -190,7 +191,7 @@ def test_rest_api_status_metadata_and_both_predict_formats(server, model_dirs):
     assert status == 200 and {"version": "1", "state": "AVAILABLE",
                               "status": {"error_code": "OK", "error_message": ""}} in body["model_version_status"]
     status, body = rest("/v1/models/text/labels/stable/metadata")
-    assert status == 200 and "generate" in body["metadata"]["signature_def"]["signatureDef"]
+    assert status == 200 and "generate" in body["metadata"]["signature_def"]["signature_def"]
 
     status, body = rest("/v1/models/text/versions/1:predict", {"instances": ["The quick", ""]})
     assert status == 200 and len(body["predictions"]) == 2
@@ -218,19 +219,20 @@ def test_prometheus_metrics_count_requests_by_code(server):
     with urllib.request.urlopen(f"http://127.0.0.1:{REST_PORT}/monitoring/prometheus/metrics", timeout=30) as r:
         text = r.read().decode()
     assert 'rnn_serving_requests_total{code="OK",model="text",signature="serving_default"}' in text
-    assert 'rnn_serving_requests_total{code="NOT_FOUND",model="text",signature="no_such_signature"}' in text
+    assert 'rnn_serving_requests_total{code="FAILED_PRECONDITION",model="text",signature="no_such_signature"}' in text
     assert 'rnn_serving_request_latency_seconds_bucket{' in text and 'rnn_serving_loaded_versions{model="text"}' in text
 
 
 @pytest.mark.parametrize("path, body, code, message", [
     ("/v1/models/nope:predict", {"instances": ["a"]}, 404, "model 'nope' not found"),
-    ("/v1/models/text/versions/9", None, 404, "no version 9"),
-    ("/v1/models/text:predict", b"{not json", 400, "not JSON"),
-    ("/v1/models/text:predict", {"instances": ["a"], "inputs": {"text": ["a"]}}, 400, "exactly one of"),
+    ("/v1/models/text/versions/9", None, 404, "Could not find version 9 of model text"),
+    ("/v1/models/text:predict", b"{not json", 400, "JSON Parse error"),
+    ("/v1/models/text:predict", {"instances": ["a"], "inputs": {"text": ["a"]}}, 400,
+     "expecting only one of 'inputs' or 'instances'"),
     ("/v1/models/text:predict", {"signature_name": "generate", "inputs": {"text": ["a"], "max_tokens": [3],
                                  "temperature": [0.0], "seed": [1]}}, 400, "temperature must be > 0"),
     ("/v1/models/text:predict", {"signature_name": "generate", "inputs": {"text": ["a"], "max_tokens": ["x"],
-                                 "temperature": [1.0], "seed": [1]}}, 400, "input 'max_tokens' must hold int32"),
+                                 "temperature": [1.0], "seed": [1]}}, 400, "is not of expected type: int32"),
     ("/v1/models/stock:predict", {"instances": [[[1.0]] * 9]}, 400, "must have shape [None, 10, 1]"),
     ("/v2/everything", None, 404, "no such endpoint"),
 ])
