@@ -237,7 +237,7 @@ def check_multi_inference(request, loaded: LoadedVersion) -> None:
         ServingError: TensorFlow Serving's code for the first check that fails; UNIMPLEMENTED past them.
     """
     seen = set()
-    for task in request.tasks:
+    for task in request.tasks:  # the model names and signatures first, then the methods (as there)
         if not task.model_spec.name:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Found ModelSpec with an empty model name.")
         if task.model_spec.name != request.tasks[0].model_spec.name:
@@ -249,6 +249,7 @@ def check_multi_inference(request, loaded: LoadedVersion) -> None:
         seen.add(key)
         if key not in loaded.bundle.signatures:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Requested signature not found in model graph: {key}")
+    for key in seen:
         method = loaded.bundle.signatures[key].definition.method_name
         if method not in ("tensorflow/serving/classify", "tensorflow/serving/regress"):
             raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"Unsupported signature method_name: {method} "
