@@ -182,9 +182,6 @@ def decode_tensor_protos(request_inputs, signature, limits: RequestLimits = Requ
     return arrays
 
 
-_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}  # TensorFlow's codes are gRPC's
-
-
 def check_batchable_inputs(inputs: dict[str, np.ndarray]) -> int:
     """BatchingSession's rules for a request's inputs (`batching_util.h`, ComputeTensorBatchSize).
 
@@ -338,8 +335,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 self.metrics.tfs.observe("/tensorflow/serving/runtime_latency", (loaded.name, "Predict", "TF1"),
                                          (time.perf_counter() - start) * 1e6)
         except tf.errors.OpError as error:  # the graph's own checks: their code, as Session::Run returns it
-            code = _GRPC_CODES.get(error.error_code, grpc.StatusCode.UNKNOWN)
-            raise ServingError(code, error_message(error)) from None
+            raise ServingError(status_code(error), error_message(error)) from None
         return loaded, signature_name, outputs
 
     def warm_up(self, loaded: LoadedVersion) -> int:
