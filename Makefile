@@ -1,13 +1,13 @@
 # Two commands do all the set-up from a fresh clone:
 #   make demo    create .venv, install requirements.txt, train + export a text and a stock model,
 #                serve both with the embedded server and query them over gRPC
-#   make test    the same set-up, then the whole test suite
+#   make test    the same set-up, then the linter and the whole test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: venv demo serve test bench load tensorboard c-example clean
+.PHONY: venv demo serve lint test bench load tensorboard c-example clean
 
 $(INSTALLED): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,11 @@ serve: $(INSTALLED)
 		--enable_batching --batching_parameters_file serving/batching.config \
 		--monitoring_config_file serving/monitoring.config
 
-test: $(INSTALLED)
+# ruff, configured in pyproject.toml; part of make test (and so of CI).
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+
+test: lint
 	$(PY) -m pytest -q
 
 # Benchmarks are not tests: they write bench/results/*.json and print the README's table.

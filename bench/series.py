@@ -33,8 +33,7 @@ import numpy as np  # noqa: E402
 from bench.text import RESULTS, environment  # noqa: E402
 from model.config import ForecastConfig, ModelConfig, OptimizerConfig, TrainingConfig  # noqa: E402
 from pipelines.series import prepare_examples, train_series_model  # noqa: E402
-from pipelines.series_data import (chronological_split, default_prices, load_prices,  # noqa: E402
-                                   windows_at)
+from pipelines.series_data import chronological_split, default_prices, load_prices, windows_at  # noqa: E402
 
 TICKERS = ("MSFT", "IBM", "AAPL")
 CELLS = ("simple_rnn", "lstm", "gru")

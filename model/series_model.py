@@ -29,6 +29,7 @@ from model.builders import recurrent_layer
 from model.config import ModelConfig
 from model.gradient_monitor import MonitoredModel
 
+
 @dataclasses.dataclass
 class ScalingStats:
     """Statistics of the training span.

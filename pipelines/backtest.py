@@ -21,7 +21,7 @@ import numpy as np
 
 from model import builders
 from model.config import ForecastConfig, OptimizerConfig
-from pipelines.series_data import (PriceSeries, Split, future_at, make_dataset, origins_in, windows_at)
+from pipelines.series_data import PriceSeries, Split, future_at, make_dataset, origins_in, windows_at
 
 
 @dataclasses.dataclass

@@ -14,8 +14,17 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from model.config import (CELLS, LR_SCHEDULES, STRATEGIES, ModelConfig, MonitorConfig, OptimizerConfig,
-                          TrainingConfig, TrainingDiverged, UsageError)
+from model.config import (
+    CELLS,
+    LR_SCHEDULES,
+    STRATEGIES,
+    ModelConfig,
+    MonitorConfig,
+    OptimizerConfig,
+    TrainingConfig,
+    TrainingDiverged,
+    UsageError,
+)
 
 
 class ArgumentParser(argparse.ArgumentParser):

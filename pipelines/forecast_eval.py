@@ -16,7 +16,6 @@ from typing import Optional
 
 import numpy as np
 
-
 # -- baselines -------------------------------------------------------------------------
 
 def naive_forecast(series: np.ndarray, origins: np.ndarray, horizon: int) -> np.ndarray:

@@ -23,9 +23,21 @@ import numpy as np
 from model.config import ForecastConfig, ModelConfig, OptimizerConfig, TrainingConfig, UsageError
 from model.export import check_export_base
 from pipelines import adaptive_interval, backtest, cli, forecast_eval
-from pipelines.series_data import (DEFAULT_SOURCE, DEFAULT_TICKER, PriceSeries, Split, chronological_split,
-                                   default_prices, future_at, is_price_column, load_prices, make_dataset,
-                                   origins_in, read_csv, windows_at)
+from pipelines.series_data import (
+    DEFAULT_SOURCE,
+    DEFAULT_TICKER,
+    PriceSeries,
+    Split,
+    chronological_split,
+    default_prices,
+    future_at,
+    is_price_column,
+    load_prices,
+    make_dataset,
+    origins_in,
+    read_csv,
+    windows_at,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,8 +253,7 @@ def _train_series_model(place, series, split, forecast, model_config, optimizer_
 
     from model import distribute, through_time, training
     from model.series_export import export_series_model
-    from model.series_model import (build_next_value_model, compile_next_value_model, fit_scaling,
-                                    price_scaling)
+    from model.series_model import build_next_value_model, compile_next_value_model, fit_scaling, price_scaling
 
     keras.utils.set_random_seed(training_config.seed)
     W, H = forecast.window, forecast.horizon

@@ -44,19 +44,30 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from google.protobuf import wrappers_pb2  # noqa: E402
 from tensorflow.core.protobuf import config_pb2  # noqa: E402
-from tensorflow_serving.apis import (get_model_metadata_pb2, model_management_pb2,  # noqa: E402
-                                     model_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (  # noqa: E402
+    get_model_metadata_pb2,
+    model_management_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from serving import config as tfs_config  # noqa: E402
 from serving import tensors  # noqa: E402
 from serving.batching import BatchingOptions, BatchScheduler, QueueFull  # noqa: E402
-from serving.models import (LoadedVersion, ModelManager, ServingError, check_tf_example_signature,  # noqa: E402
-                            load_version, signature_def_map, status_response)
-from serving.saved_model_bundle import (WARMUP_FILE, Signature, error_message, replay_warmup,  # noqa: E402
-                                       status_code)
 from serving.metrics import ServingMetrics  # noqa: E402
+from serving.models import (  # noqa: E402
+    LoadedVersion,
+    ModelManager,
+    ServingError,
+    check_tf_example_signature,
+    load_version,
+    signature_def_map,
+    status_response,
+)
 from serving.rest import RestServer  # noqa: E402
+from serving.saved_model_bundle import WARMUP_FILE, Signature, error_message, replay_warmup, status_code  # noqa: E402
 
 log = logging.getLogger("serving")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024

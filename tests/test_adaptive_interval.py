@@ -7,8 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.adaptive_interval import (adaptive_intervals, conformal_quantile, coverage_bound, nonconformity,
-                                         rate_for_tolerance)
+from pipelines.adaptive_interval import (
+    adaptive_intervals,
+    conformal_quantile,
+    coverage_bound,
+    nonconformity,
+    rate_for_tolerance,
+)
 
 
 def shifted_regime(seed: int, n_calibration: int = 250, n_test: int = 250, test_spread: float = 0.5,

@@ -26,11 +26,18 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     model_management_pb2, model_pb2, model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
 from google.protobuf import text_format
 from tensorflow.core.framework import tensor_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 from tensorflow_serving.config import model_server_config_pb2
 
 from conftest import free_port, publish_text_and_stock, start_server

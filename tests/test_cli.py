@@ -78,7 +78,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(workdir, corpus_file, 
 def test_unwritable_output_is_refused(workdir, corpus_file, capsys, monkeypatch):
     # Tests run as root, where nothing is unwritable: simulate what a user without rights sees.
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path).resolve() == workdir else real_access(path, mode))
+    monkeypatch.setattr(os, "access",
+                        lambda path, mode: False if Path(path).resolve() == workdir else real_access(path, mode))
     assert cli.run_main(main, ["--corpus", str(corpus_file), "--output", "saved_models/m"]) == 2
     assert "is not writable" in capsys.readouterr().err
 

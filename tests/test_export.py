@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import train_tiny
 from model.builders import build_next_token_model
 from model.config import MAX_TOKENS_LIMIT, ModelConfig
 from model.export import WARMUP_FILE, export_new_version
 from model.vocabulary import FIRST_TOKEN_ID, encode, id_space_size
+
+from conftest import train_tiny
 
 
 def generate(loaded, texts, max_tokens=20, temperature=1.0, seeds=None, top_k=None):

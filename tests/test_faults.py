@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import LoopingClients, copy_version, free_port, start_server
 from serving.client import PredictionClient
 from serving.models import complete_versions
+
+from conftest import LoopingClients, copy_version, free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = random.Random()  # deliberately unseeded: each run kills at another moment

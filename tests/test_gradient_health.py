@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import ROOT, train_tiny
 from model import builders
 from model.config import ModelConfig, MonitorConfig, TrainingDiverged
-from model.gradient_monitor import (GradientMonitor, MonitoredModel, clip_like_optimizer, clipped_global_norm,
-                                    dense_norm)
+from model.gradient_monitor import GradientMonitor, MonitoredModel, clip_like_optimizer, clipped_global_norm, dense_norm
 from model.reference_rnn import VanillaRNN
 from model.through_time import fit_decay, gradient_through_time, next_token_loss, next_value_loss
 from pipelines import gradients
 from pipelines.adding_problem import CONSTANT_GUESS_MSE, adding_batch, build_adding_model, train_adding
+
+from conftest import ROOT, train_tiny
 
 
 def tiny_text_model(cell: str = "lstm", vocab: int = 12, layers: int = 1) -> MonitoredModel:

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import LoopingClients, copy_version, free_port, start_server
 from serving.client import channel_target
+
+from conftest import LoopingClients, copy_version, free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["the quick", "a lazy dog", "seven wizards"]

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_version, free_port, start_server
 from serving import config as tfs_config
 from serving.server import RequestLimits, build_parser
+
+from conftest import copy_version, free_port, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [p for folder in ("model", "pipelines", "serving", "bench") for p in (ROOT / folder).rglob("*.py")]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from model.config import UsageError
-from pipelines.series_data import (chronological_split, default_prices, load_prices, read_csv)
+from pipelines.series_data import chronological_split, default_prices, load_prices, read_csv
 
 YAHOO = """Date,Open,High,Low,Close,Adj Close,Volume
 2020-01-03,10,11,9,10.5,5.25,100

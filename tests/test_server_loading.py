@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import model_pb2, predict_pb2
 
-from conftest import copy_version
 from model.export import WARMUP_FILE, write_warmup_requests
 from serving.batching import BatchingOptions
 from serving.client import PredictionClient, ServingCallError
 from serving.server import Server
+
+from conftest import copy_version
 
 GENERATE = {"text": np.array(["the"], object), "max_tokens": np.array([4], np.int32),
             "temperature": np.array([1.0], np.float32), "seed": np.array([1], np.int64)}

@@ -6,12 +6,12 @@ import json
 import os
 import shutil
 import signal
-import urllib.error
-import urllib.request
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc

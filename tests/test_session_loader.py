@@ -25,12 +25,13 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from conftest import ROOT, with_cudnn_kernels
 from model.builders import build_next_token_model
 from model.config import ModelConfig
 from model.series_export import export_series_model
 from model.series_model import build_next_value_model, fit_scaling
 from model.text_export import export_text_model
+
+from conftest import ROOT, with_cudnn_kernels
 
 CHARS = list("the quickbrownfxjmpsvlazydg.T\n")
 WORDS = "the quick brown fox jumps over a lazy dog".split()

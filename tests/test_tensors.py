@@ -73,7 +73,8 @@ def test_a_proto_that_is_no_tensor_does_what_it_does_in_tensorflow(broken):
 
 
 def test_other_arrays_are_written_by_tensorflow():
-    for array in ([[1.0, 2.0]], [1, 2], 3.5, [b"a", b"b"], ["text"], np.array([True, False]), np.array(["text"], dtype=object), np.array([1, 2], np.int8),
+    for array in ([[1.0, 2.0]], [1, 2], 3.5, [b"a", b"b"], ["text"], np.array([True, False]),
+                  np.array(["text"], dtype=object), np.array([1, 2], np.int8),
                   np.array([1.0, 2.0], np.float32).astype(">f4"), np.float32(3.0), np.array([7], np.int64)):
         (ours, mine), (theirs, tf_result) = outcome(to_proto, array), outcome(tf.make_tensor_proto, array)
         assert ours == theirs and (mine == tf_result if ours == "ok" else mine is tf_result)

@@ -7,8 +7,14 @@ import pytest
 
 from model.config import UsageError
 from model.vocabulary import FIRST_TOKEN_ID, OOV_ID, OOV_TOKEN, build_vocabulary, encode, make_lookup
-from pipelines.text_data import (batches_per_pass, default_corpus, make_dataset, prepare_text, read_corpus,
-                                 training_batch_size)
+from pipelines.text_data import (
+    batches_per_pass,
+    default_corpus,
+    make_dataset,
+    prepare_text,
+    read_corpus,
+    training_batch_size,
+)
 
 
 def test_read_corpus_reads_utf8(tmp_path):

@@ -25,13 +25,23 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import text_format
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     inference_pb2, model_management_pb2, model_pb2, model_service_pb2_grpc,
-                                     predict_pb2, prediction_service_pb2_grpc, regression_pb2)
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_management_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
 from tensorflow_serving.config import model_server_config_pb2
 
-from conftest import copy_version, free_port, publish_text_and_stock, start_server
 from serving import tensors
+
+from conftest import copy_version, free_port, publish_text_and_stock, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "the quick"

@@ -13,9 +13,10 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import train_tiny
 from model.config import UsageError
 from pipelines.text_data import batches_per_pass, training_batch_size
+
+from conftest import train_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 
