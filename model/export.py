@@ -194,8 +194,3 @@ def write_warmup_requests(saved_model_dir: Path, model_name: str,
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
-
-
-def read_metadata(version_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read `assets/metadata.json` of an exported version."""
-    return json.loads((Path(version_dir) / METADATA_FILE).read_text(encoding="utf-8"))

@@ -19,7 +19,6 @@ import numpy as np
 if TYPE_CHECKING:  # keras is imported lazily: the CLIs validate input before loading TensorFlow
     import keras
 
-PAD_ID = 0
 OOV_ID = 1
 FIRST_TOKEN_ID = 2
 OOV_TOKEN = "[UNK]"

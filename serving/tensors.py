@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 # Numeric dtypes read and written as raw little-endian bytes (`tensor_content`), as TensorFlow does.
@@ -46,8 +47,6 @@ def to_proto(value) -> tensor_pb2.TensorProto:
         The TensorProto.
     """
     if not isinstance(value, (np.ndarray, np.generic)):
-        import tensorflow as tf
-
         return tf.make_tensor_proto(value)  # Python values: TensorFlow's own choice of dtype (float32, int32...)
     array = value if isinstance(value, np.ndarray) else np.asarray(value)
     enum = _PACKED.get(array.dtype)
@@ -59,8 +58,6 @@ def to_proto(value) -> tensor_pb2.TensorProto:
         if all(type(v) is bytes for v in values):
             return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=_shape(array.shape),
                                           string_val=values)
-    import tensorflow as tf
-
     return tf.make_tensor_proto(array)
 
 
@@ -119,6 +116,4 @@ def to_array(proto: tensor_pb2.TensorProto) -> np.ndarray:
         typed = _TYPED_BY_ENUM.get(proto.dtype)
         if typed is not None and not proto.tensor_content and len(getattr(proto, typed[1])) == count:
             return np.array(getattr(proto, typed[1]), dtype=typed[0]).reshape(dims)
-    import tensorflow as tf
-
     return tf.make_ndarray(proto)
