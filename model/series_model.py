@@ -300,22 +300,27 @@ def price_scaling(model: keras.Model) -> PriceScaling:
     return model.get_layer("price_scaling")
 
 
+def with_cudnn(model: keras.Model, use_cudnn: bool) -> keras.Model:
+    """A copy with the same weights whose LSTM/GRU layers (bidirectional ones included) set `use_cudnn`."""
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.Bidirectional):
+            for key in ("layer", "backward_layer"):
+                if key in config and "use_cudnn" in config[key]["config"]:
+                    config[key]["config"]["use_cudnn"] = use_cudnn
+        elif "use_cudnn" in config:
+            config["use_cudnn"] = use_cudnn
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def cpu_portable_copy(model: keras.Model) -> keras.Model:
     """A copy whose LSTM/GRU layers never pick cuDNN kernels, with the same weights.
 
     Keras uses fused cuDNN kernels on a GPU, and a graph traced there would
     hold ops a CPU-only TensorFlow Serving cannot run: exports trace this copy.
     """
-    def clone(layer):
-        config = layer.get_config()
-        if isinstance(layer, keras.layers.Bidirectional):
-            for key in ("layer", "backward_layer"):
-                if key in config and "use_cudnn" in config[key]["config"]:
-                    config[key]["config"]["use_cudnn"] = False
-        elif "use_cudnn" in config:
-            config["use_cudnn"] = False
-        return layer.__class__.from_config(config)
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
-    return copy
+    return with_cudnn(model, False)

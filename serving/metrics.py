@@ -18,6 +18,7 @@ enabled), the REST port answers the configured path (by default
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from contextlib import contextmanager
@@ -59,9 +60,7 @@ class TensorFlowServingMetrics:
         """Add one sample (microseconds) to one of `HISTOGRAMS`."""
         with self._lock:
             cell = self._histograms[name].setdefault(labels, [0.0] * (len(LATENCY_BUCKETS_MICROS) + 2))
-            index = next((i for i, limit in enumerate(LATENCY_BUCKETS_MICROS) if micros < limit),
-                         len(LATENCY_BUCKETS_MICROS))
-            cell[index] += 1
+            cell[bisect.bisect_right(LATENCY_BUCKETS_MICROS, micros)] += 1  # the first limit above the sample
             cell[-1] += micros
 
     @staticmethod

@@ -101,17 +101,9 @@ def exported_stock(tmp_path_factory):
 
 def with_cudnn_kernels(model):
     """The same model with every LSTM/GRU set to cuDNN kernels, as a GPU training run uses them."""
-    import keras
+    from model.series_model import with_cudnn
 
-    def clone(layer):
-        config = layer.get_config()
-        if "use_cudnn" in config:
-            config["use_cudnn"] = True
-        return layer.__class__.from_config(config)
-
-    copy = keras.models.clone_model(model, clone_function=clone)
-    copy.set_weights(model.get_weights())
-    return copy
+    return with_cudnn(model, True)
 
 
 def copy_version(source: Path, base: Path, version: int) -> Path:
