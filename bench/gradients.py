@@ -38,7 +38,7 @@ import tensorflow as tf  # noqa: E402
 from bench.text import RESULTS, environment  # noqa: E402
 from model import builders  # noqa: E402
 from model.config import ModelConfig, MonitorConfig, OptimizerConfig  # noqa: E402
-from model.gradient_monitor import GradientMonitor  # noqa: E402
+from model.gradient_callbacks import gradient_callbacks  # noqa: E402
 from pipelines import gradients  # noqa: E402
 from pipelines.adding_problem import markdown_table, train_adding  # noqa: E402
 
@@ -94,7 +94,7 @@ class OverheadPair:
             builders.compile_next_token_model(model, builders.make_optimizer(OptimizerConfig()))
             timer = StepTimer()
             # The timer comes last: a monitored step's time includes the monitor's callback.
-            self.callbacks[monitored] = [GradientMonitor(MonitorConfig(), verbose=False), timer] if monitored else [timer]
+            self.callbacks[monitored] = [*gradient_callbacks(MonitorConfig(), verbose=False), timer] if monitored else [timer]
             self.models[monitored] = model
             self.burst(monitored)  # traces the step
 

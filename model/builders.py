@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import keras
 
+from model import learning_rate
 from model.config import ModelConfig, OptimizerConfig
 from model.gradient_monitor import MonitoredModel
 
@@ -63,23 +64,13 @@ def make_optimizer(config: OptimizerConfig, total_steps: int | None = None) -> k
     Args:
         config: Learning rate, schedule and clipping.
         total_steps: Number of training steps of the run; the cosine
-            schedule decays to zero over them.
+            schedule decays to zero over them (see `model.learning_rate`).
 
     Returns:
-        A Keras Adam optimiser. `"plateau"` keeps a constant rate here: it is
-        driven by the `ReduceLROnPlateau` callback in `model.training`; so does
-        `"cosine"` without `total_steps` (a time-budgeted run: a callback
-        decays the rate over the budget instead).
+        A Keras Adam optimiser.
     """
-    learning_rate = config.learning_rate
-    if config.lr_schedule == "cosine" and total_steps:
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            config.learning_rate, decay_steps=max(1, total_steps))
-    elif config.lr_schedule == "exponential":
-        learning_rate = keras.optimizers.schedules.ExponentialDecay(
-            config.learning_rate, decay_steps=config.lr_half_life_steps, decay_rate=0.5)
     clipping = {} if config.clip == "none" else {config.clip: config.clip_value}
-    return keras.optimizers.Adam(learning_rate=learning_rate, **clipping)
+    return keras.optimizers.Adam(learning_rate=learning_rate.rate(config, total_steps), **clipping)
 
 
 def compile_next_token_model(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.Model:

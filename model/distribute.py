@@ -39,7 +39,7 @@ from typing import Iterator, Optional
 
 import tensorflow as tf
 
-from model.config import STRATEGIES, UsageError
+from model.config import STRATEGIES, InvalidSetting
 
 _created: dict[str, tf.distribute.Strategy] = {}
 
@@ -51,10 +51,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     and only once: call this first thing in a training job.
 
     Raises:
-        UsageError: An unknown name, or `multiworker` without a usable TF_CONFIG.
+        InvalidSetting: An unknown name, or `multiworker` without a usable TF_CONFIG.
     """
     if name not in STRATEGIES:
-        raise UsageError(f"unknown --strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+        raise InvalidSetting(f"unknown {{strategy}} {name!r}; choose one of: {', '.join(STRATEGIES)}")
     if name not in _created:
         if name == "default":
             _created[name] = tf.distribute.get_strategy()
@@ -63,7 +63,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         else:
             resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
             if not resolver.cluster_spec().as_dict():
-                raise UsageError("--strategy multiworker needs the TF_CONFIG environment variable naming the "
+                raise InvalidSetting("{strategy} multiworker needs the TF_CONFIG environment variable naming the "
                                  'cluster and this task, e.g. {"cluster": {"worker": ["host1:12345", '
                                  '"host2:12345"]}, "task": {"type": "worker", "index": 0}}')
             _created[name] = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from model.config import UsageError
+from model.config import InvalidSetting
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 METADATA_FILE = Path("assets") / "metadata.json"
@@ -35,19 +35,19 @@ def check_export_base(base_dir: str | os.PathLike) -> Path:
         The directory as a Path.
 
     Raises:
-        UsageError: If the path is a file, or it (or its nearest existing
+        InvalidSetting: If the path is a file, or it (or its nearest existing
             parent) is not a writable directory.
     """
     base = Path(base_dir)
     if base.exists() and not base.is_dir():
-        raise UsageError(f"--output {base} is a file; pass a directory such as saved_models/NAME")
+        raise InvalidSetting(f"{{output}} {base} is a file; pass a directory such as saved_models/NAME")
     existing = base
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise UsageError(f"--output {base}: {existing} is a file, not a directory; choose another path")
+        raise InvalidSetting(f"{{output}} {base}: {existing} is a file, not a directory; choose another path")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--output {base}: directory {existing} is not writable; choose a writable path")
+        raise InvalidSetting(f"{{output}} {base}: directory {existing} is not writable; choose a writable path")
     return base
 
 

@@ -169,6 +169,10 @@ class PinballLoss(keras.losses.Loss):
         return {**super().get_config(), "quantiles": self.quantiles}
 
 
+# The name of the `IntervalMargin` layer in a next-value model: how the pipelines find it.
+INTERVAL_LAYER = "interval_margin"
+
+
 @keras.saving.register_keras_serializable(package="rnn_serving")
 class IntervalMargin(keras.layers.Layer):
     """Widens (or narrows) the outermost predicted quantiles by a calibrated, volatility-scaled margin.
@@ -178,7 +182,7 @@ class IntervalMargin(keras.layers.Layer):
     span's: calm windows get a narrow margin, turbulent ones a wide one, so a
     calibration made in one regime carries over to another. `margin` is 0 while
     training and is set afterwards by conformal calibration on the validation
-    span (see `conformal_margin`).
+    span (`pipelines.intervals.calibrate`).
 
     Args:
         horizon: H.
@@ -210,39 +214,6 @@ class IntervalMargin(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "horizon": self.horizon, "n_quantiles": self.n_quantiles,
                 "target_index": self.target_index}
-
-
-def nonconformity(lower: np.ndarray, upper: np.ndarray, actual: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """`[n, H]` scores: distance outside [lower, upper] (negative inside), per unit of each point's scale `[n]`."""
-    scale = np.maximum(np.asarray(scale, np.float64), 1e-12)[:, None]
-    return np.maximum(lower - actual, actual - upper) / scale
-
-
-def conformal_margin(lower: np.ndarray, upper: np.ndarray, actual: np.ndarray, level: float,
-                     scale: np.ndarray | None = None) -> np.ndarray:
-    """Conformalized quantile regression (Romano et al., 2019): the margin per horizon.
-
-    With scores E = max(lower - actual, actual - upper) / scale, the interval
-    [lower - m·scale, upper + m·scale] with m the ceil(level * (n + 1))-th
-    smallest score covers at least `level` of the calibration points (and of
-    future ones, if they behave alike once scaled). A negative margin narrows
-    an interval that was too wide.
-
-    Args:
-        lower, upper: `[n, H]` predicted bounds on the calibration span.
-        actual: `[n, H]` what happened.
-        level: Nominal coverage, e.g. 0.8 for the 0.1-0.9 interval.
-        scale: Optional `[n]` positive scale of each point (e.g. its relative volatility).
-
-    Returns:
-        `[H]` margins, in the units of the inputs divided by `scale`. With
-        fewer than level / (1 - level) calibration points the largest score is
-        used, and the guarantee no longer holds.
-    """
-    scores = np.sort(nonconformity(lower, upper, actual, np.ones(len(actual)) if scale is None else scale), axis=0)
-    n = scores.shape[0]
-    rank = min(n, int(np.ceil(level * (n + 1))))
-    return scores[rank - 1]
 
 
 def build_next_value_model(window: int, log_features: Sequence[bool], target_index: int, horizon: int,
@@ -279,7 +250,7 @@ def build_next_value_model(window: int, log_features: Sequence[bool], target_ind
         z = keras.layers.Reshape((horizon, len(quantiles)), name="quantiles")(
             keras.layers.Dense(horizon * len(quantiles), name="head")(x))
         if len(quantiles) >= 2:
-            z = IntervalMargin(horizon, len(quantiles), target_index, name="interval_margin")([z, prices])
+            z = IntervalMargin(horizon, len(quantiles), target_index, name=INTERVAL_LAYER)([z, prices])
     else:
         z = keras.layers.Dense(horizon, name="z")(x)
     return MonitoredModel(prices, z, name=f"next_value_{config.cell}")

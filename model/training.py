@@ -1,239 +1,93 @@
-"""Training machinery shared by every pipeline: run directories, callbacks, fit.
+"""One training job for every task: `run_job` builds, fits, evaluates and exports.
 
-A run lives in `runs/<run-id>/`:
+A pipeline describes its task (a `Task`: how to build and compile the model,
+the datasets, the probe of the gradient monitor, what to evaluate, how to
+export, what to test after the export); `run_job` does the rest, the same way
+for text and for prices, as nanoGPT's one `train.py` serves every dataset:
 
-    runs/<run-id>/
-      tensorboard/         TensorBoard logs (`tensorboard --logdir runs`)
-      history.csv          one row per epoch (CSVLogger)
-      best.weights.h5      weights of the best validation loss so far
-      gradients.csv        the gradient monitor's measurements, one row per kept step
-      gradient_layers.json which variable belongs to which layer, initial weight norms
-      backup/              BackupAndRestore state: rerun with the same
-                           --run-id and a killed run resumes where it stopped
-      trained.json         training finished (killed later, in evaluation or
-                           export, the rerun does not train again)
-      summary.json         written once, when the run has finished
+    seed -> run directory -> build (in the strategy's scope) -> datasets ->
+    optimiser and compile -> `train` (Model.fit with the standard callbacks,
+    resume, best weights) -> evaluate -> export -> test -> summary.json
 
-Everything here is plain Keras: `Model.fit` with Keras callbacks, plus small
-callbacks of our own (a wall-time budget, a throughput meter) and the
-gradient-health monitor of `model/gradient_monitor.py`, on by default.
+Runs live in `runs/<run-id>/` (`model/run_directory.py`); the callbacks are
+Keras's own, `model/callbacks.py`'s, `model/learning_rate.py`'s and the
+gradient monitor's (`model/gradient_callbacks.py`, on by default).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
-import math
-import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Protocol
 
 import keras
 import tensorflow as tf
 
-from model import builders
-from model.config import OptimizerConfig, TrainingConfig, TrainingDiverged, UsageError
-from model.gradient_monitor import GradientMonitor
+from model import builders, distribute, learning_rate
+from model.callbacks import ThroughputMeter, TimeBudget
+from model.config import ModelConfig, OptimizerConfig, TrainingConfig, TrainingDiverged
+from model.gradient_callbacks import gradient_callbacks
+from model.run_directory import RunDirectory, finite_or_null
 
 
-def finite_or_null(value: Any) -> Any:
-    """A copy of nested dicts and lists with every NaN or infinite float replaced by None."""
-    if isinstance(value, dict):
-        return {key: finite_or_null(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_or_null(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-@dataclasses.dataclass(frozen=True)
-class RunDirectory:
-    """Paths of one training run.
+@dataclasses.dataclass
+class Datasets:
+    """What a task trains and validates on.
 
     Attributes:
-        path: The run's directory, `<runs_dir>/<run_id>`.
+        train: Batches of (inputs, targets), repeating endlessly (reshuffled
+            each pass): Keras then keeps one iterator for the whole run.
+            Ending each epoch by running out of data makes it rebuild the
+            iterator, and that stalled each epoch by 30-40 s for a GRU-256x2.
+        validation: Validation batches (one pass).
+        steps_per_pass: Training batches in one pass: an epoch, unless
+            `--steps-per-epoch` caps it.
+        batch_size: The training batch size actually used.
+        steps_per_example: Time steps each example feeds the network (the
+            window length): tokens per second count these.
     """
 
-    path: Path
-
-    @classmethod
-    def open(cls, runs_dir: str, run_id: Optional[str], default_name: str) -> "RunDirectory":
-        """Create a new run directory, or reopen an unfinished one to resume it.
-
-        Args:
-            runs_dir: Parent directory of all runs.
-            run_id: Directory name; None picks `<timestamp>-<default_name>`.
-            default_name: Suffix of generated run ids (e.g. the model name).
-
-        Returns:
-            The run directory, created on disk.
-
-        Raises:
-            UsageError: If `run_id` names a run that has already finished.
-        """
-        if run_id is None:  # a new run: never reuse a directory, even within the same second
-            stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{default_name}"
-            run_id = next(name for name in (stem, *(f"{stem}-{i}" for i in range(2, 10_000)))
-                          if not (Path(runs_dir) / name).exists())
-        run = cls(Path(runs_dir) / run_id)
-        if run.summary_json.exists():
-            raise UsageError(f"run {run.path} has already finished; pick a new --run-id "
-                             "(reusing one only resumes an interrupted run)")
-        if run.path.exists() and not run.path.is_dir():
-            raise UsageError(f"run directory {run.path} is a file; pick another --run-id or --runs-dir")
-        try:
-            run.path.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise UsageError(f"cannot create run directory {run.path} ({error.strerror}); "
-                             "pass a writable --runs-dir") from None
-        return run
-
-    @property
-    def run_id(self) -> str:
-        return self.path.name
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / "tensorboard"
-
-    @property
-    def history_csv(self) -> Path:
-        return self.path / "history.csv"
-
-    @property
-    def best_weights(self) -> Path:
-        return self.path / "best.weights.h5"
-
-    @property
-    def backup(self) -> Path:
-        return self.path / "backup"
-
-    @property
-    def trained_json(self) -> Path:
-        return self.path / "trained.json"
-
-    @property
-    def summary_json(self) -> Path:
-        return self.path / "summary.json"
-
-    @property
-    def is_resuming(self) -> bool:
-        """True when an interrupted run left BackupAndRestore state behind."""
-        return self.backup.is_dir() and any(self.backup.iterdir())
-
-    def best_val_loss_so_far(self) -> float:
-        """Lowest validation loss in history.csv (inf for a new run)."""
-        if not self.history_csv.exists():
-            return math.inf
-        with self.history_csv.open() as f:
-            losses = [float(row["val_loss"]) for row in csv.DictReader(f) if row.get("val_loss")]
-        return min(losses, default=math.inf)
-
-    def write_summary(self, summary: dict[str, Any]) -> None:
-        """Write summary.json atomically (a reader never sees half a file).
-
-        NaN and infinities (a diverged loss, an overflowed ratio) are written
-        as null: the file stays strict JSON that any tool can read.
-        """
-        temporary = self.summary_json.with_suffix(".json.tmp")
-        temporary.write_text(json.dumps(finite_or_null(summary), indent=2, sort_keys=True, default=str,
-                                        allow_nan=False) + "\n")
-        os.replace(temporary, self.summary_json)
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    steps_per_pass: int
+    batch_size: int
+    steps_per_example: int
 
 
-class TimeBudget(keras.callbacks.Callback):
-    """Stops training once a wall-time budget is spent (checked every batch).
-
-    Args:
-        minutes: The budget.
-    """
-
-    def __init__(self, minutes: float):
-        super().__init__()
-        self.seconds = minutes * 60.0
-        self.exhausted = False
-        self._start = 0.0
-
-    def on_train_begin(self, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        if time.perf_counter() - self._start >= self.seconds:
-            self.exhausted = True
-            self.model.stop_training = True
-
-
-class CosineOverTime(keras.callbacks.Callback):
-    """Cosine learning-rate decay over a wall-time budget rather than a step count.
-
-    A run limited by time cannot know its step count in advance; this decays
-    the rate from its initial value to 0 exactly as the budget runs out.
-
-    Args:
-        initial: The initial learning rate.
-        minutes: The budget.
-    """
-
-    def __init__(self, initial: float, minutes: float):
-        super().__init__()
-        self.initial = initial
-        self.seconds = minutes * 60.0
-        self._start = 0.0
-
-    def on_train_begin(self, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_begin(self, batch, logs=None):
-        progress = min(1.0, (time.perf_counter() - self._start) / self.seconds)
-        self.model.optimizer.learning_rate = self.initial * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-class ThroughputMeter(keras.callbacks.Callback):
-    """Steady-state training speed: training steps and the wall time in them.
-
-    The run's first step is left out (it traces the graph), and so is the
-    time spent in validation.
+class Task(Protocol):
+    """What `run_job` needs from a pipeline. Everything else is the same for every task.
 
     Attributes:
-        steps: All training steps run.
-        timed_steps: Steps after the first.
-        timed_seconds: Wall time of the timed steps.
+        name: Suffix of generated run ids (the model directory's name).
     """
 
-    def __init__(self):
-        super().__init__()
-        self.steps = 0
-        self.timed_steps = 0
-        self.timed_seconds = 0.0
-        self._span_start: Optional[float] = None
+    name: str
 
-    def on_epoch_begin(self, epoch, logs=None):
-        if self.steps:
-            self._span_start = time.perf_counter()
+    def build(self, model_config: ModelConfig) -> keras.Model:
+        """The uncompiled model (called in the strategy's scope)."""
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1
-        if self.steps == 1:
-            self._span_start = time.perf_counter()  # the clock starts after tracing
-        else:
-            self.timed_steps += 1
+    def datasets(self, model: keras.Model, config: TrainingConfig) -> Datasets:
+        """The training and validation data (after `build`: a model may hold data statistics)."""
 
-    def _close_span(self):
-        if self._span_start is not None:
-            self.timed_seconds += time.perf_counter() - self._span_start
-            self._span_start = None
+    def compile(self, model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
+        """Compile with the task's loss (called in the strategy's scope)."""
 
-    def on_test_begin(self, logs=None):
-        self._close_span()
+    def probe(self, model: keras.Model, validation: tf.data.Dataset) -> tuple[Any, Any]:
+        """`(inputs, last_step_loss)` for the gradient monitor's through-time check."""
 
-    def on_epoch_end(self, epoch, logs=None):
-        self._close_span()
+    def evaluate(self, model: keras.Model, validation: tf.data.Dataset) -> dict[str, Any]:
+        """Figures on the validation span, before the export (which may record them)."""
 
-    def on_train_end(self, logs=None):
-        self._close_span()
+    def export(self, model: keras.Model, output: Path, run_id: str, evaluation: dict[str, Any]) -> Path:
+        """Export the trained model under `output`; returns the version directory."""
+
+    def test(self, model: keras.Model, run: RunDirectory, evaluation: dict[str, Any]) -> dict[str, Any]:
+        """After the export: the task's results for summary.json (it may train the model further)."""
+
+    def describe(self) -> dict[str, Any]:
+        """The task's settings (`{"config": {...}}`) and data facts for summary.json."""
 
 
 @dataclasses.dataclass
@@ -267,6 +121,23 @@ class TrainingResult:
     resumed: bool
     gradient_health: dict[str, Any]
 
+    def summary(self, steps_per_example: int, batch_size: int) -> dict[str, Any]:
+        """The keys every run's summary.json has from training.
+
+        Args:
+            steps_per_example: Time steps per example (for tokens per second).
+            batch_size: Examples per training step.
+        """
+        # Steady state: the first step (graph tracing) and validation are not counted.
+        tokens_per_second = (self.timed_steps * batch_size * steps_per_example / self.train_seconds
+                             if self.timed_steps and self.train_seconds else 0.0)
+        return {"epochs_run": self.epochs_run, "steps": self.steps, "timed_steps": self.timed_steps,
+                "train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds,
+                "tokens_per_second": tokens_per_second, "train_batch_size": batch_size,
+                "best_val_loss": self.best_val_loss, "stopped_early": self.stopped_early,
+                "stopped_by_time_budget": self.stopped_by_time_budget, "resumed": self.resumed,
+                "gradient_health": self.gradient_health}
+
 
 def standard_callbacks(run: RunDirectory, config: TrainingConfig,
                        optimizer_config: OptimizerConfig) -> list[keras.callbacks.Callback]:
@@ -275,12 +146,12 @@ def standard_callbacks(run: RunDirectory, config: TrainingConfig,
     Args:
         run: Where logs and checkpoints go.
         config: Patience for early stopping.
-        optimizer_config: Selects ReduceLROnPlateau for the `"plateau"` schedule.
+        optimizer_config: The learning-rate schedule's callbacks (`model.learning_rate`).
 
     Returns:
         BackupAndRestore (not with several workers), ModelCheckpoint (best validation loss, carried over
-        when resuming), CSVLogger, TensorBoard, TerminateOnNaN, and where
-        configured EarlyStopping and ReduceLROnPlateau.
+        when resuming), CSVLogger, TensorBoard, TerminateOnNaN, EarlyStopping where configured, and the
+        schedule's callbacks.
     """
     # Resuming needs every worker to read the backup: not with several workers (model/distribute.py).
     # double_checkpoint: a kill while the backup is being written leaves it truncated; Keras then
@@ -297,28 +168,7 @@ def standard_callbacks(run: RunDirectory, config: TrainingConfig,
     ]
     if config.patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
-    if optimizer_config.lr_schedule == "plateau":
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)))
-    if optimizer_config.lr_schedule == "cosine" and config.time_budget_minutes:
-        callbacks.append(CosineOverTime(optimizer_config.learning_rate, config.time_budget_minutes))
-    return callbacks
-
-
-def make_run_optimizer(optimizer_config: OptimizerConfig, config: TrainingConfig,
-                       steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """The optimiser of a run: a cosine schedule spans the run's steps, or its time budget.
-
-    Args:
-        optimizer_config: Learning rate, schedule and clipping.
-        config: Epochs and time budget.
-        steps_per_epoch: Training steps per epoch.
-
-    Returns:
-        From `model.builders.make_optimizer`.
-    """
-    total_steps = None if config.time_budget_minutes else steps_per_epoch * config.epochs
-    return builders.make_optimizer(optimizer_config, total_steps=total_steps)
+    return callbacks + learning_rate.callbacks(optimizer_config, config)
 
 
 def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dataset,
@@ -337,7 +187,7 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
         optimizer_config: For the plateau schedule.
         extra_callbacks: More callbacks (e.g. a test's fault injector).
         probe: `(inputs, last_step_loss)` for the monitor's through-time
-            check at each epoch end (see `GradientMonitor`).
+            check at each epoch end (see `GradientRecorder`).
         steps_per_epoch: Batches per epoch when `train_data` repeats
             endlessly; None: `config.steps_per_epoch`.
 
@@ -360,15 +210,15 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
     resumed = run.is_resuming
     meter = ThroughputMeter()
     callbacks = standard_callbacks(run, config, optimizer_config) + [meter, *extra_callbacks]
-    monitor = None
+    health = None
     if config.monitor.enabled and hasattr(model, "monitor_gradients"):
-        monitor = GradientMonitor(config.monitor, run.path, probe=probe)
-        # After BackupAndRestore (which restores the weights it reads first), before
-        # CSVLogger and TensorBoard (which then log the epoch summaries it adds).
+        recorder, health = gradient_callbacks(config.monitor, run.path, probe=probe)
+        # After BackupAndRestore (which restores the weights they read first), before
+        # CSVLogger and TensorBoard (which then log the epoch summaries the recorder adds).
         after_backup = sum(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks)
-        callbacks.insert(after_backup, monitor)
+        callbacks[after_backup:after_backup] = [recorder, health]
     if hasattr(model, "monitor_gradients"):
-        model.monitor_gradients = monitor is not None
+        model.monitor_gradients = health is not None
     budget = None
     if config.time_budget_minutes is not None:
         budget = TimeBudget(config.time_budget_minutes)
@@ -380,11 +230,11 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
                         steps_per_epoch=steps_per_epoch or config.steps_per_epoch, callbacks=callbacks,
                         shuffle=False, verbose=1)  # shuffle=False: the dataset reshuffles itself
     wall_seconds = time.perf_counter() - start
-    gradient_health = monitor.summary() if monitor else {}
-    if monitor and monitor.diagnosis:
-        run.write_summary({"run_id": run.run_id, "status": "diverged", "diagnosis": monitor.diagnosis,
+    gradient_health = health.summary() if health else {}
+    if health and health.diagnosis:
+        run.write_summary({"run_id": run.run_id, "status": "diverged", "diagnosis": health.diagnosis,
                            "gradient_health": gradient_health})
-        raise TrainingDiverged(monitor.diagnosis)
+        raise TrainingDiverged(health.diagnosis)
 
     if run.best_weights.exists():
         model.load_weights(str(run.best_weights))
@@ -404,3 +254,60 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
     if remember:
         run.trained_json.write_text(json.dumps(finite_or_null(dataclasses.asdict(result))) + "\n")
     return result
+
+
+def run_job(task: Task, model_config: ModelConfig, optimizer_config: OptimizerConfig,
+            training_config: TrainingConfig, output: str | Path,
+            extra_callbacks: Iterable[keras.callbacks.Callback] = ()) -> dict[str, Any]:
+    """Train, evaluate, export and test one task; write summary.json.
+
+    Args:
+        task: What to learn from which data (see `Task`).
+        model_config: Cell, width, depth, dropout, embedding width.
+        optimizer_config: Learning rate, schedule and clipping.
+        training_config: Epochs, batch size, run directory, strategy, monitor...
+        output: `saved_models/<name>`; each run adds the next version.
+        extra_callbacks: More Keras callbacks for `fit` (e.g. a test's fault injector).
+
+    Returns:
+        The summary written to `runs/<run-id>/summary.json`.
+
+    Raises:
+        TrainingDiverged: The loss or the gradients became NaN or Inf.
+    """
+    with distribute.placement(training_config.strategy) as place:
+        keras.utils.set_random_seed(training_config.seed)
+        run = RunDirectory.open(place.runs_dir(training_config.runs_dir), training_config.run_id, task.name)
+        with place.strategy.scope():
+            model = task.build(model_config)
+        data = task.datasets(model, training_config)
+        train_data, validation = distribute.shard_by_data(data.train), distribute.shard_by_data(data.validation)
+        steps_per_epoch = training_config.steps_per_epoch or data.steps_per_pass
+        with place.strategy.scope():
+            optimizer = builders.make_optimizer(
+                optimizer_config, learning_rate.schedule_steps(training_config, steps_per_epoch))
+            task.compile(model, optimizer)
+        probe = task.probe(model, validation)
+        result = train(model, train_data, validation, run, training_config, optimizer_config, extra_callbacks,
+                       probe, steps_per_epoch)
+        evaluation = task.evaluate(model, validation)
+        version_dir = task.export(model, place.output(output), run.run_id, evaluation)
+        tested = task.test(model, run, evaluation)
+
+        described = task.describe()
+        summary = {
+            "run_id": run.run_id,
+            "run_dir": str(run.path),
+            "config": {"model": dataclasses.asdict(model_config), "optimizer": dataclasses.asdict(optimizer_config),
+                       "training": dataclasses.asdict(training_config), **described.pop("config", {})},
+            "parameters": int(model.count_params()),
+            "steps_per_epoch": steps_per_epoch,
+            **result.summary(data.steps_per_example, data.batch_size),
+            **described,
+            **tested,
+            "export_path": str(version_dir),
+            "worker": distribute.worker_name(place.strategy),
+            "chief": place.chief,
+        }
+        run.write_summary(summary)
+        return summary

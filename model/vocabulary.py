@@ -22,7 +22,6 @@ if TYPE_CHECKING:  # keras is imported lazily: the CLIs validate input before lo
 OOV_ID = 1
 FIRST_TOKEN_ID = 2
 OOV_TOKEN = "[UNK]"
-TOKEN_LEVELS = ("char", "word")
 
 
 ASCII_WHITESPACE = re.compile(r"[ \t\n\v\f\r]+")

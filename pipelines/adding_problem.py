@@ -23,7 +23,8 @@ import tensorflow as tf
 
 from model import builders, through_time
 from model.config import MonitorConfig, OptimizerConfig
-from model.gradient_monitor import GradientMonitor, MonitoredModel
+from model.gradient_callbacks import GradientHealthCheck, gradient_callbacks
+from model.gradient_monitor import MonitoredModel
 
 CONSTANT_GUESS_MSE = 1.0 / 6.0  # always predicting 1.0 (the sum's mean): Var(U1 + U2) = 2/12
 SOLVED_MSE = 0.05
@@ -111,7 +112,7 @@ def train_adding(cell: str, steps: int, clip: str = "clipnorm", train_steps: int
                  learning_rate: Optional[float] = None, units: int = 64, batch: int = 64,
                  eval_every: int = 100, recurrent_scale: Optional[float] = None,
                  input_scale: Optional[float] = None, test_size: int = 1000,
-                 optimizer: str = "adam") -> tuple[AddingResult, GradientMonitor, keras.Model]:
+                 optimizer: str = "adam") -> tuple[AddingResult, GradientHealthCheck, keras.Model]:
     """Train one configuration on fresh batches; test on a fixed held-out set.
 
     Args:
@@ -133,7 +134,8 @@ def train_adding(cell: str, steps: int, clip: str = "clipnorm", train_steps: int
             the gradient itself, which is where clipping matters most.
 
     Returns:
-        `(result, monitor, model)`.
+        `(result, health, model)`: the health check holds the findings, its
+        `recorder` the measurements.
     """
     import time
 
@@ -148,25 +150,25 @@ def train_adding(cell: str, steps: int, clip: str = "clipnorm", train_steps: int
                       loss="mse")
     test = adding_batch(tf.constant([seed, -1], tf.int64), test_size, steps)
     probe = (test[0][:16], through_time.next_value_loss(test[1][:16]))
-    monitor = GradientMonitor(MonitorConfig(), verbose=False, probe=probe)
+    recorder, health = gradient_callbacks(MonitorConfig(), verbose=False, probe=probe)
     start = time.perf_counter()
     steps_per_epoch = min(eval_every, train_steps)
     epochs = -(-train_steps // steps_per_epoch)  # the last "epoch" may run past the budget by < eval_every
     history = model.fit(adding_dataset(steps, batch, seed, epochs * steps_per_epoch), validation_data=test,
-                        epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[monitor], verbose=0,
+                        epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=[recorder, health], verbose=0,
                         shuffle=False)  # every batch is a fresh random draw already
     seconds = time.perf_counter() - start
     test_mse = history.history["val_loss"]
     solved_at = next((i for i, mse in enumerate(test_mse) if mse < SOLVED_MSE), None)
-    norms = np.array([row["grad_norm"] for row in monitor.rows])
-    diverged = monitor.diagnosis is not None or not math.isfinite(test_mse[-1])
+    norms = np.array([row["grad_norm"] for row in recorder.rows])
+    diverged = health.diagnosis is not None or not math.isfinite(test_mse[-1])
     result = AddingResult(
         cell=cell, steps=steps, clip=clip, seed=seed, learning_rate=learning_rate,
-        train_steps=len(monitor.rows), final_test_mse=float(test_mse[-1]),
+        train_steps=len(recorder.rows), final_test_mse=float(test_mse[-1]),
         steps_to_solve=None if solved_at is None else (solved_at + 1) * steps_per_epoch,
         share_above_1=float((norms > 1.0).mean()) if len(norms) else math.nan, diverged=diverged,
-        verdict=", ".join(f.kind for f in monitor.findings) or "healthy", seconds=seconds)
-    return result, monitor, model
+        verdict=", ".join(f.kind for f in health.findings) or "healthy", seconds=seconds)
+    return result, health, model
 
 
 def markdown_table(results: list[AddingResult]) -> str:

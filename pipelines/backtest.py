@@ -13,7 +13,6 @@ forecast.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from model import builders
 from model.config import ForecastConfig, OptimizerConfig
+from pipelines import intervals
 from pipelines.series_data import PriceSeries, Split, future_at, make_dataset, origins_in, windows_at
 
 
@@ -52,25 +52,6 @@ def predict_prices(model, scaling, series: PriceSeries, origins: np.ndarray, win
     return np.asarray(scaling.to_prices(z, last), np.float64)
 
 
-def _interval_layer(model):
-    return next((l for l in model.layers if l.name == "interval_margin"), None)  # noqa: E741
-
-
-@contextlib.contextmanager
-def _interval_margin_off(model):
-    """Zero the conformal margin (while refitting, so the pinball loss does not learn to undo it)."""
-    layer = _interval_layer(model)
-    if layer is None:
-        yield
-        return
-    margin = layer.margin.numpy()
-    layer.margin.assign(np.zeros_like(margin))
-    try:
-        yield
-    finally:
-        layer.margin.assign(margin)
-
-
 def walk_forward(model, scaling, series: PriceSeries, split: Split, forecast: ForecastConfig,
                  refit_every: int = 0, refit_epochs: int = 1, batch_size: int = 32, seed: int = 0,
                  optimizer_config: OptimizerConfig | None = None) -> Backtest:
@@ -98,7 +79,7 @@ def walk_forward(model, scaling, series: PriceSeries, split: Split, forecast: Fo
         model.monitor_gradients = False  # refits run Keras's own step: no monitor reads the measurements
     step = refit_every if refit_every > 0 else len(origins)
     target = series.target_values.astype(np.float32)
-    interval = _interval_layer(model)
+    interval = intervals.interval_layer(model)
     chunks, raw_chunks, refits = [], [], 0
     for start in range(0, len(origins), step):
         chunk = origins[start:start + step]
@@ -106,13 +87,13 @@ def walk_forward(model, scaling, series: PriceSeries, split: Split, forecast: Fo
             # Everything whose H targets are known at the first origin of this chunk.
             known = origins_in(0, int(chunk[0]) + 1, W, H)
             z = np.asarray(scaling.to_z(future_at(target, known, H), target[known]))
-            with _interval_margin_off(model):  # refit the raw quantiles; keep the calibration
+            with intervals.margin_off(model):  # refit the raw quantiles; keep the calibration
                 model.fit(make_dataset(series.values, z, known, W, batch_size, True, seed + start),
                           epochs=refit_epochs, shuffle=False, verbose=0)  # the dataset shuffles itself
             refits += 1
         chunks.append(predict_prices(model, scaling, series, chunk, W))
         if interval is not None:
-            with _interval_margin_off(model):
+            with intervals.margin_off(model):
                 raw_chunks.append(model.predict(windows_at(series.values, chunk, W).astype(np.float32), verbose=0))
     backtest = Backtest(origins=origins, predictions=np.concatenate(chunks), refits=refits)
     if interval is not None:
@@ -145,7 +126,8 @@ def plot_backtest(series: PriceSeries, backtest: Backtest, forecast: ForecastCon
     if predictions.ndim == 3:
         levels = np.asarray(forecast.quantiles)
         point = predictions[:, 0, int(np.argmin(np.abs(levels - 0.5)))]
-        interval = (predictions[:, 0, 0], predictions[:, 0, -1], f"{levels[-1] - levels[0]:.0%} interval")
+        interval = (predictions[:, 0, 0], predictions[:, 0, -1],
+                    f"{intervals.nominal_level(forecast.quantiles):.0%} interval")
     else:
         point, interval = predictions[:, 0], None
 

@@ -1,23 +1,32 @@
-"""Command-line plumbing shared by the pipelines.
+"""Command-line plumbing shared by the pipelines: flags generated from the config dataclasses.
 
-Each pipeline adds its data flags; the model, optimiser and training flags
-are declared once here and turned into the dataclasses of `model.config`.
-`run_main` turns a `UsageError` into one line on stderr and exit status 2,
-and a diverged training run (NaN or Inf) into its diagnosis and status 1.
+Every setting is a field of a dataclass in `model/config.py`, with its help
+text; `add_config_flags` turns the fields into argparse flags (`--seq-len` for
+`seq_len`, unless the field names another flag) and `config_from_args` turns
+the parsed flags back into the validated dataclass. The model, optimiser,
+training and monitor flags are added by the `add_*_flags` helpers, the same
+for both pipelines.
+
+A bad value is a one-line error: a setting's message names the field
+(`InvalidSetting`); this module alone shows the flag instead. `run_main` prints
+a `UsageError` as one stderr line with exit status 2, a diverged training run
+(NaN or Inf) as its diagnosis with status 1. `quiet_tensorflow` keeps
+TensorFlow's C++ start-up notices off the terminal, unless `--verbose`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from model.config import (
-    CELLS,
-    LR_SCHEDULES,
-    STRATEGIES,
+    InvalidSetting,
     ModelConfig,
     MonitorConfig,
     OptimizerConfig,
@@ -25,6 +34,11 @@ from model.config import (
     TrainingDiverged,
     UsageError,
 )
+
+# Field name -> the flag that sets it, filled as flags are generated: how errors name a setting.
+FLAG_NAMES: dict[str, str] = {"output": "--output"}
+_LIST_TYPES = {"tuple[float, ...]": float, "tuple[str, ...]": str}
+_SCALAR_TYPES = {"int": int, "float": float, "str": str}
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -34,21 +48,105 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
-def add_model_flags(parser: argparse.ArgumentParser, default_units: int = 256) -> None:
-    group = parser.add_argument_group("model")
-    # Not `choices=`: an unknown cell gets the same one-line error as every other bad value.
-    group.add_argument("--cell", default="lstm", help=f"recurrent layer: {' | '.join(CELLS)} (default lstm)")
-    group.add_argument("--units", type=int, default=default_units, help="width of each recurrent layer")
-    group.add_argument("--layers", type=int, default=1, help="number of stacked recurrent layers")
-    group.add_argument("--dropout", type=float, default=0.0, help="dropout after each recurrent layer")
+def flag_of(field: dataclasses.Field) -> str:
+    """The flag that sets a field: its own `flag`, else `--<name-with-dashes>`."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
 
 
-def add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("optimiser and gradient clipping (clipnorm 1.0 by default)")
-    group.add_argument("--learning-rate", type=float, default=2e-3)
-    group.add_argument("--lr-schedule", default="constant", help=" | ".join(LR_SCHEDULES))
-    group.add_argument("--lr-half-life-steps", type=int, default=1000,
-                       help="half-life of the exponential schedule, in steps")
+def add_config_flags(parser: argparse.ArgumentParser, config_type: type, title: str, defaults: Any = None,
+                     exclude: Sequence[str] = ()) -> None:
+    """One flag per field of a config dataclass, in a group of its own.
+
+    Args:
+        parser: The pipeline's parser.
+        config_type: A dataclass of `model.config`.
+        title: The group's heading in `--help`.
+        defaults: An instance whose values are the defaults (a pipeline's own,
+            e.g. 20 epochs for prices); None: the dataclass's.
+        exclude: Fields with no flag in this pipeline.
+    """
+    defaults = defaults if defaults is not None else config_type()
+    group = parser.add_argument_group(title)
+    for field in dataclasses.fields(config_type):
+        if not field.metadata.get("cli", True) or field.name in exclude:
+            continue
+        flag, default, help_text = flag_of(field), getattr(defaults, field.name), field.metadata.get("help", "")
+        FLAG_NAMES[field.name] = flag
+        if field.type == "bool":  # a switch: --bidirectional turns on, --no-grad-monitor turns off
+            group.add_argument(flag, dest=field.name, action="store_false" if default else "store_true",
+                               help=help_text)
+        elif field.type in _LIST_TYPES:  # parsed in config_from_args, for a message that names the flag
+            group.add_argument(flag, dest=field.name, default=None, help=help_text)
+        else:
+            kind = _SCALAR_TYPES[field.type.removeprefix("Optional[").removesuffix("]")]
+            shown = "" if default is None else f" (default {default})"
+            group.add_argument(flag, dest=field.name, type=kind, default=default, help=help_text + shown)
+        parser.set_defaults(**{field.name: default})
+
+
+def _parse_list(field: dataclasses.Field, raw: Optional[str]) -> tuple:
+    if raw is None:
+        return field.default
+    kind = _LIST_TYPES[field.type]
+    try:
+        return tuple(kind(item.strip()) for item in raw.split(",") if item.strip())
+    except ValueError:
+        example = field.metadata.get("example")
+        raise UsageError(f"{flag_of(field)} must be comma-separated numbers"
+                         f"{f' such as {example}' if example else ''}, got {raw!r}") from None
+
+
+def config_from_args(config_type: type, args: argparse.Namespace, **fields: Any) -> Any:
+    """The validated config from the parsed flags.
+
+    Args:
+        config_type: The dataclass.
+        args: From a parser that `add_config_flags` filled.
+        **fields: Values of fields that have no flag of their own (or another source).
+
+    Raises:
+        UsageError: A bad value, naming its flag.
+    """
+    values = {}
+    for field in dataclasses.fields(config_type):
+        if field.name in fields or not field.metadata.get("cli", True) or not hasattr(args, field.name):
+            continue
+        raw = getattr(args, field.name)
+        values[field.name] = _parse_list(field, raw) if field.type in _LIST_TYPES else raw
+    config = config_type(**values, **fields)
+    with flag_names():
+        config.validate()
+    return config
+
+
+class flag_names:
+    """A context in which an `InvalidSetting` is re-raised as a `UsageError` naming flags, not fields.
+
+    Args:
+        extra: More field -> name pairs (e.g. the clipping flag in use).
+    """
+
+    def __init__(self, **extra: str):
+        self.extra = extra
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, InvalidSetting):
+            raise UsageError(error.with_names({**FLAG_NAMES, **self.extra})) from None
+        return False
+
+
+def add_model_flags(parser: argparse.ArgumentParser, default_units: int = 256, embedding: bool = False) -> None:
+    add_config_flags(parser, ModelConfig, "model", ModelConfig(units=default_units),
+                     exclude=() if embedding else ("embedding_dim",))
+
+
+def add_optimizer_flags(parser: argparse.ArgumentParser, defaults: Optional[OptimizerConfig] = None) -> None:
+    title = "optimiser and gradient clipping (clipnorm 1.0 by default)"
+    add_config_flags(parser, OptimizerConfig, title, defaults)
+    group = next(g for g in parser._action_groups if g.title == title)
     clipping = group.add_mutually_exclusive_group()
     clipping.add_argument("--clipnorm", type=float, default=None,
                           help="rescale each gradient to this norm (default 1.0)")
@@ -58,61 +156,16 @@ def add_optimizer_flags(parser: argparse.ArgumentParser) -> None:
     clipping.add_argument("--no-clip", action="store_true", help="turn gradient clipping off")
 
 
-def add_training_flags(parser: argparse.ArgumentParser) -> None:
+def add_training_flags(parser: argparse.ArgumentParser, defaults: Optional[TrainingConfig] = None) -> None:
     """Epochs, batches, early stopping, time budget, run directory and the gradient monitor."""
-    add_monitor_flags(parser)
-    group = parser.add_argument_group("training")
-    group.add_argument("--epochs", type=int, default=10)
-    group.add_argument("--batch-size", type=int, default=64)
-    group.add_argument("--steps-per-epoch", type=int, default=None)
-    group.add_argument("--patience", type=int, default=3,
-                       help="early-stopping patience in epochs (0: off)")
-    group.add_argument("--time-budget-minutes", type=float, default=None,
-                       help="stop training after this much wall time")
-    group.add_argument("--seed", type=int, default=1337)
-    group.add_argument("--strategy", default="default", help=f"{' | '.join(STRATEGIES)}: one device, every "
-                       "local GPU, or several workers configured by TF_CONFIG (see model/distribute.py)")
-    group.add_argument("--runs-dir", default="runs", help="parent of run directories")
-    group.add_argument("--run-id", default=None,
-                       help="run directory name; reuse an interrupted run's id to resume it")
+    add_config_flags(parser, MonitorConfig, "gradient health (monitored at every step by default)")
+    add_config_flags(parser, TrainingConfig, "training", defaults)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's C++ start-up notices (as TF_CPP_MIN_LOG_LEVEL=0 does)")
 
 
-def add_monitor_flags(parser: argparse.ArgumentParser) -> None:
-    defaults = MonitorConfig()
-    group = parser.add_argument_group("gradient health (monitored at every step by default)")
-    group.add_argument("--no-grad-monitor", action="store_true", help="turn the gradient monitor off")
-    group.add_argument("--grad-every", type=int, default=defaults.every,
-                       help="keep the gradient measurements of every N-th step (NaN is checked at every step)")
-    group.add_argument("--exploding-norm", type=float, default=defaults.exploding_norm,
-                       help="pre-clipping gradient norm that counts as large (default %(default)s)")
-    group.add_argument("--exploding-share", type=float, default=defaults.exploding_share,
-                       help="warn of exploding gradients when this share of recent steps is large")
-    group.add_argument("--weight-growth", type=float, default=defaults.weight_growth,
-                       help="warn when a recurrent kernel's norm grows by more than this factor")
-    group.add_argument("--vanishing-ratio", type=float, default=defaults.vanishing_ratio,
-                       help="warn of vanishing gradients when the first recurrent layer's gradient is below "
-                            "this fraction of the output layer's (and the loss is flat)")
-    group.add_argument("--vanishing-floor", type=float, default=defaults.vanishing_floor,
-                       help="...or below this absolute norm")
-    group.add_argument("--vanishing-time-ratio", type=float, default=defaults.vanishing_time_ratio,
-                       help="...or when the last step's gradient reaching the first step of a sequence is "
-                            "below this fraction of the last step's")
-    group.add_argument("--flat-loss", type=float, default=defaults.flat_loss,
-                       help="a loss that improved by less than this fraction counts as flat")
-
-
-def monitor_config(args: argparse.Namespace) -> MonitorConfig:
-    return MonitorConfig(
-        enabled=not args.no_grad_monitor, every=args.grad_every, exploding_norm=args.exploding_norm,
-        exploding_share=args.exploding_share, weight_growth=args.weight_growth,
-        vanishing_ratio=args.vanishing_ratio, vanishing_floor=args.vanishing_floor,
-        vanishing_time_ratio=args.vanishing_time_ratio, flat_loss=args.flat_loss)
-
-
-def model_config(args: argparse.Namespace, **extra) -> ModelConfig:
-    config = ModelConfig(cell=args.cell, units=args.units, layers=args.layers, dropout=args.dropout, **extra)
-    config.validate()
-    return config
+def model_config(args: argparse.Namespace) -> ModelConfig:
+    return config_from_args(ModelConfig, args)
 
 
 def optimizer_config(args: argparse.Namespace) -> OptimizerConfig:
@@ -122,20 +175,12 @@ def optimizer_config(args: argparse.Namespace) -> OptimizerConfig:
             clip, value = name, getattr(args, name)
     if args.no_clip:
         clip = "none"
-    config = OptimizerConfig(learning_rate=args.learning_rate, clip=clip, clip_value=value,
-                             lr_schedule=args.lr_schedule, lr_half_life_steps=args.lr_half_life_steps)
-    config.validate()
-    return config
+    with flag_names(clip_value="--" + clip.replace("_", "-")):
+        return config_from_args(OptimizerConfig, args, clip=clip, clip_value=value)
 
 
 def training_config(args: argparse.Namespace) -> TrainingConfig:
-    config = TrainingConfig(
-        epochs=args.epochs, batch_size=args.batch_size, steps_per_epoch=args.steps_per_epoch,
-        patience=args.patience, time_budget_minutes=args.time_budget_minutes, seed=args.seed,
-        runs_dir=args.runs_dir, run_id=args.run_id, monitor=monitor_config(args),
-        strategy=args.strategy)
-    config.validate()
-    return config
+    return config_from_args(TrainingConfig, args, monitor=config_from_args(MonitorConfig, args))
 
 
 def existing_file(path: str | os.PathLike, flag: str, expected: str) -> Path:
@@ -157,10 +202,39 @@ def existing_file(path: str | os.PathLike, flag: str, expected: str) -> Path:
     return path
 
 
+def quiet_tensorflow(verbose: bool = False) -> None:
+    """Import TensorFlow with its C++ start-up notices kept off the terminal; called once, by each entry point.
+
+    TensorFlow 2.21 writes its CUDA-probing lines before absl logging is
+    initialised, so even TF_CPP_MIN_LOG_LEVEL=3 lets them through: they are
+    caught by pointing stderr at a file for the import alone (shown if the
+    import fails). The level, 3, hides the later notices (oneDNN, cuInit).
+    Nothing is hidden with `verbose`, or when the user set TF_CPP_MIN_LOG_LEVEL.
+    """
+    if verbose or "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    sys.stderr.flush()
+    saved, captured = os.dup(2), tempfile.TemporaryFile()
+    try:
+        os.dup2(captured.fileno(), 2)
+        importlib.import_module("tensorflow")
+    except BaseException:
+        os.dup2(saved, 2)
+        captured.seek(0)
+        sys.stderr.write(captured.read().decode("utf-8", "replace"))  # what TensorFlow said before failing
+        raise
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        captured.close()
+
+
 def run_main(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
     """Run a pipeline's `main`: a `UsageError` becomes one stderr line and exit code 2, a diverged run exit code 1."""
     try:
-        return main(argv)
+        with flag_names():
+            return main(argv)
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -87,11 +87,6 @@ def up_share(actual: np.ndarray, last: np.ndarray) -> float:
     return float(np.mean(actual[moved] > np.broadcast_to(last[:, None], actual.shape)[moved]))
 
 
-def interval_coverage(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
-    """Share of actual values inside [lower, upper]."""
-    return float(np.mean((actual >= lower) & (actual <= upper)))
-
-
 def diebold_mariano(actual: np.ndarray, forecast: np.ndarray, reference: np.ndarray, horizon: int) -> dict:
     """Diebold-Mariano test of equal squared error, one-sided: is `forecast` better than `reference`?
 

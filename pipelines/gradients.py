@@ -331,16 +331,17 @@ def exploding_rows(radius: float, seq_len: int, train_steps: int, learning_rate:
     rows = []
     for optimizer in ("adam", "sgd"):
         for clip in ("clipnorm", "none"):
-            result, monitor, _ = train_adding("simple_rnn", seq_len, clip, train_steps, seed=0,
+            result, health, _ = train_adding("simple_rnn", seq_len, clip, train_steps, seed=0,
                                               learning_rate=learning_rate, recurrent_scale=radius,
                                               eval_every=min(100, train_steps), optimizer=optimizer)
-            norms = [row["grad_norm"] for row in monitor.rows]
+            rows = health.recorder.rows
+            norms = [row["grad_norm"] for row in rows]
             kernel = "simple_rnn_0/recurrent_kernel"
-            growth = monitor.rows[-1][f"weight/{kernel}"] / monitor.initial_weight_norms[kernel] if norms else math.nan
+            growth = rows[-1][f"weight/{kernel}"] / health.recorder.initial_weight_norms[kernel] if norms else math.nan
             rows.append({**result.as_row(), "optimizer": optimizer,
                          "median_grad_norm": float(np.median(norms)) if norms else math.nan,
                          "max_grad_norm": float(np.max(norms)) if norms else math.nan,
-                         "recurrent_kernel_growth": growth, "findings": [f.message for f in monitor.findings]})
+                         "recurrent_kernel_growth": growth, "findings": [f.message for f in health.findings]})
             print(f"SimpleRNN, radius {radius:g}, T={seq_len}, {optimizer} {clip}: test MSE {result.final_test_mse:.4g}; "
                   f"pre-clip norm median {rows[-1]['median_grad_norm']:.3g}, max {rows[-1]['max_grad_norm']:.3g}, "
                   f"> 1.0 on {result.share_above_1:.0%} of steps; W_hh x{growth:.2f}; diverged: {result.diverged}; "

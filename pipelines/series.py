@@ -20,9 +20,17 @@ from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 
-from model.config import ForecastConfig, ModelConfig, OptimizerConfig, TrainingConfig, UsageError
+from model.config import (
+    BacktestConfig,
+    ForecastConfig,
+    ModelConfig,
+    OptimizerConfig,
+    SeriesDataConfig,
+    TrainingConfig,
+    UsageError,
+)
 from model.export import check_export_base
-from pipelines import adaptive_interval, backtest, cli, forecast_eval
+from pipelines import backtest, cli, forecast_eval, intervals
 from pipelines.series_data import (
     DEFAULT_SOURCE,
     DEFAULT_TICKER,
@@ -36,61 +44,28 @@ from pipelines.series_data import (
     make_dataset,
     origins_in,
     read_csv,
-    windows_at,
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(prog="python -m pipelines.series", description=__doc__.split("\n\n")[0])
-    data = parser.add_argument_group("data")
-    data.add_argument("--csv", default=None, help=f"CSV of daily prices (default: {DEFAULT_SOURCE})")
-    data.add_argument("--ticker", default=None,
-                      help=f"series to use when the CSV holds several (default data: {DEFAULT_TICKER})")
-    data.add_argument("--target", default=None, help="predicted column (default: Adj Close, else Close)")
-    data.add_argument("--features", default=None, help="comma-separated input columns (default: the target)")
-    data.add_argument("--val-fraction", type=float, default=0.15)
-    data.add_argument("--test-fraction", type=float, default=0.15)
-    data.add_argument("--write-default-csv", metavar="PATH", default=None,
-                      help="write the packaged prices to PATH as CSV, then exit")
-    task = parser.add_argument_group("forecast")
-    task.add_argument("--window", type=int, default=30, help="W: days per input window")
-    task.add_argument("--horizon", type=int, default=1, help="H: days predicted at once")
-    task.add_argument("--transform", default="log_returns", help="log_returns (default) | scaled")
-    task.add_argument("--loss", default="mse", help="mse | huber")
-    task.add_argument("--quantiles", default=None, help="e.g. 0.1,0.5,0.9: predict an interval")
-    task.add_argument("--bidirectional", action="store_true", help="Bidirectional recurrent layers")
-    task.add_argument("--ma-days", type=int, default=5, help="k of the moving-average baseline")
-    task.add_argument("--refit-every", type=int, default=0,
-                      help="walk-forward test: train further every k steps on all data known by then (0: never)")
-    task.add_argument("--refit-epochs", type=int, default=1, help="epochs per walk-forward refit")
-    task.add_argument("--interval-adapt-rate", type=float, default=None,
-                      help="with --quantiles: step size of the interval's adaptive recalibration through the "
-                           "test span (default: the rate that guarantees coverage within 3 points)")
+    cli.add_config_flags(parser, SeriesDataConfig, "data")
+    parser.add_argument("--write-default-csv", metavar="PATH", default=None,
+                        help="write the packaged prices to PATH as CSV, then exit")
+    cli.add_config_flags(parser, ForecastConfig, "forecast")
+    cli.add_config_flags(parser, BacktestConfig, "walk-forward test")
     cli.add_model_flags(parser, default_units=64)
-    cli.add_optimizer_flags(parser)
-    cli.add_training_flags(parser)
+    cli.add_optimizer_flags(parser, OptimizerConfig(learning_rate=1e-3))
+    cli.add_training_flags(parser, TrainingConfig(epochs=20, batch_size=32, patience=5))
     parser.add_argument("--output", default="saved_models/stock", help="model directory (default saved_models/stock)")
-    parser.set_defaults(epochs=20, batch_size=32, learning_rate=1e-3, patience=5)
     return parser
 
 
-def forecast_config(args: argparse.Namespace) -> ForecastConfig:
-    try:
-        quantiles = tuple(float(q) for q in args.quantiles.split(",")) if args.quantiles else ()
-    except ValueError:
-        raise UsageError(f"--quantiles must be comma-separated numbers such as 0.1,0.5,0.9, "
-                         f"got {args.quantiles!r}") from None
-    config = ForecastConfig(window=args.window, horizon=args.horizon, transform=args.transform, loss=args.loss,
-                            quantiles=quantiles, bidirectional=args.bidirectional, ma_days=args.ma_days)
-    config.validate()
-    return config
-
-
-def load_series(args: argparse.Namespace) -> PriceSeries:
-    features = [name.strip() for name in args.features.split(",")] if args.features else None
-    if args.csv:
-        return load_prices(read_csv(args.csv), args.csv, args.ticker, args.target, features)
-    return load_prices(default_prices(), DEFAULT_SOURCE, args.ticker or DEFAULT_TICKER, args.target, features)
+def load_series(config: SeriesDataConfig) -> PriceSeries:
+    features = list(config.features) or None
+    if config.csv:
+        return load_prices(read_csv(config.csv), config.csv, config.ticker, config.target, features)
+    return load_prices(default_prices(), DEFAULT_SOURCE, config.ticker or DEFAULT_TICKER, config.target, features)
 
 
 def prepare_examples(series: PriceSeries, split: Split, forecast: ForecastConfig,
@@ -118,62 +93,6 @@ def prepare_examples(series: PriceSeries, split: Split, forecast: ForecastConfig
     return examples
 
 
-def calibrate_interval(model, series: PriceSeries, split: Split, origins: np.ndarray, z_true: np.ndarray,
-                       forecast: ForecastConfig) -> tuple[dict[str, Any], np.ndarray]:
-    """Conformal calibration of the prediction interval on the validation span.
-
-    Quantile regression alone is often over- or under-confident; the margin
-    (in z units, per horizon, scaled by each window's volatility relative to
-    the training span's) makes the first-to-last-quantile interval cover its
-    nominal share of the validation span. The model keeps the margin.
-
-    Returns:
-        The level, the margins and the validation coverage before and after;
-        and the validation span's nonconformity scores `[n, H]`, from which
-        the test span's adaptive intervals start.
-    """
-    from model.series_model import conformal_margin, nonconformity
-
-    layer = model.get_layer("interval_margin")
-    layer.margin.assign(np.zeros(forecast.horizon, np.float32))
-    # Volatility is measured relative to the training span's (and only it: no later value).
-    train_returns = np.diff(np.log(series.target_values[:split.train_end]))
-    layer.reference_volatility.assign(np.float32(np.std(train_returns)))
-    windows = windows_at(series.values, origins, forecast.window).astype(np.float32)
-    z = model.predict(windows, verbose=0)
-    volatility = np.asarray(layer.relative_volatility(windows), np.float64)
-    level = forecast.quantiles[-1] - forecast.quantiles[0]
-    margin = conformal_margin(z[:, :, 0], z[:, :, -1], z_true, level, volatility)
-    layer.margin.assign(margin.astype(np.float32))
-    widen = margin[None, :] * volatility[:, None]
-    inside = lambda m: float(np.mean((z[:, :, 0] - m <= z_true) & (z_true <= z[:, :, -1] + m)))  # noqa: E731
-    report = {"level": level, "margin_z": margin.tolist(), "validation_coverage_before": inside(0.0),
-              "validation_coverage_after": inside(widen)}
-    return report, nonconformity(z[:, :, 0], z[:, :, -1], z_true, volatility)
-
-
-def adapt_interval(walked: backtest.Backtest, scaling, series: PriceSeries, forecast: ForecastConfig,
-                   z_true: np.ndarray, calibration_scores: np.ndarray,
-                   rate: Optional[float]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Recalibrate the interval through the test span with ACI, from each day's past only.
-
-    Args:
-        z_true: `[n, H]` what happened after each walk-forward origin, in z units.
-
-    Returns:
-        The walk-forward quantiles in prices `[n, H, Q]` with ACI's bounds in
-        place of the exported ones, and `AdaptiveIntervals.summary`.
-    """
-    target = series.target_values.astype(np.float32)
-    level = forecast.quantiles[-1] - forecast.quantiles[0]
-    aci = adaptive_interval.adaptive_intervals(calibration_scores, walked.raw_z[:, :, 0], walked.raw_z[:, :, -1],
-                                               z_true, walked.volatility, level, rate)
-    z = np.concatenate([aci.lower[:, :, None], walked.raw_z[:, :, 1:-1], aci.upper[:, :, None]], axis=2)
-    with np.errstate(over="ignore", invalid="ignore"):  # unbounded days stay unbounded in prices
-        prices = np.asarray(scaling.to_prices(z.astype(np.float32), target[walked.origins]), np.float64)
-    return prices, aci.summary(level)
-
-
 # -- train, evaluate, export -----------------------------------------------------------
 
 def evaluate(series: PriceSeries, split: Split, forecast: ForecastConfig, predictions: np.ndarray,
@@ -184,7 +103,7 @@ def evaluate(series: PriceSeries, split: Split, forecast: ForecastConfig, predic
         predictions: `[n, H]` point forecasts in prices, or `[n, H, Q]` quantiles.
         origins: The test origins the predictions were made at.
         name: The model's name in the verdict (e.g. "LSTM").
-        adaptive: With quantiles, `adapt_interval`'s prices and summary: the
+        adaptive: With quantiles, `intervals.adapt`'s prices and summary: the
             coverage of the adaptively recalibrated interval is reported too.
     """
     target = series.target_values
@@ -195,17 +114,7 @@ def evaluate(series: PriceSeries, split: Split, forecast: ForecastConfig, predic
     if predictions.ndim == 3:
         levels = np.asarray(forecast.quantiles)
         point = predictions[:, :, int(np.argmin(np.abs(levels - 0.5)))]
-        coverage = {"nominal": float(levels[-1] - levels[0]),
-                    "observed": forecast_eval.interval_coverage(actual, predictions[:, :, 0], predictions[:, :, -1])}
-        if adaptive is not None:
-            bounds, summary = adaptive
-            exported_width = predictions[:, :, -1] - predictions[:, :, 0]
-            adaptive_width = bounds[:, :, -1] - bounds[:, :, 0]
-            bounded = np.isfinite(adaptive_width) & (adaptive_width >= 0) & (exported_width > 0)
-            coverage["adaptive"] = {
-                **summary, "observed": forecast_eval.interval_coverage(actual, bounds[:, :, 0], bounds[:, :, -1]),
-                "median_width_vs_exported": (float(np.median(adaptive_width[bounded] / exported_width[bounded]))
-                                             if bounded.any() else None)}
+        coverage = intervals.coverage_report(actual, predictions, forecast.quantiles, adaptive)
     forecasts = {"model": point, **forecast_eval.baselines(target, origins, forecast.horizon, forecast.ma_days)}
     scale = forecast_eval.naive_scale(target[:split.train_end])
     naive_rmse = float(np.sqrt(np.mean((forecasts["naive"] - actual) ** 2)))
@@ -223,6 +132,118 @@ def evaluate(series: PriceSeries, split: Split, forecast: ForecastConfig, predic
     }
 
 
+class SeriesTask:
+    """Next-value prediction on a price series (a `model.training.Task`).
+
+    The scaling statistics are fitted on the training span only; after the
+    export, the test span is walked forward (with refits, if asked) and judged
+    against the baselines; a quantile model's interval is calibrated on the
+    validation span before the export and adapted through the test span.
+
+    Args:
+        series: The prices.
+        split: The chronological split.
+        forecast: Window, horizon, transform, loss, quantiles.
+        backtest_config: Refits and the interval's adaptation rate.
+        optimizer_config: What the walk-forward refits train with.
+        name: The model directory's name.
+    """
+
+    def __init__(self, series: PriceSeries, split: Split, forecast: ForecastConfig, backtest_config: BacktestConfig,
+                 optimizer_config: OptimizerConfig, name: str):
+        self.series, self.split, self.forecast, self.backtest = series, split, forecast, backtest_config
+        self.optimizer_config = optimizer_config
+        self.name = name
+        self.log_features = [is_price_column(column, series.target) for column in series.features]
+
+    def build(self, model_config: ModelConfig):
+        from model.series_model import build_next_value_model
+
+        self.model_config = model_config
+        f = self.forecast
+        return build_next_value_model(f.window, self.log_features, self.series.target_index, f.horizon,
+                                      model_config, f.transform, f.quantiles, f.bidirectional)
+
+    def datasets(self, model, config: TrainingConfig):
+        from model.series_model import fit_scaling, price_scaling
+        from model.training import Datasets
+
+        series, W = self.series, self.forecast.window
+        self.scaling = price_scaling(model)
+        # The statistics see the training span and nothing after it.
+        self.scaling.set_stats(fit_scaling(series.values[:self.split.train_end], series.target_index,
+                                           self.forecast.transform, self.log_features))
+        self.examples = prepare_examples(series, self.split, self.forecast, self.scaling)
+        (train_origins, train_z), (val_origins, val_z) = self.examples["train"], self.examples["validation"]
+        self.batch_size, self.seed = config.batch_size, config.seed
+        return Datasets(
+            train=make_dataset(series.values, train_z, train_origins, W, config.batch_size, True, config.seed).repeat(),
+            validation=make_dataset(series.values, val_z, val_origins, W, config.batch_size, False),
+            steps_per_pass=int(np.ceil(len(train_origins) / config.batch_size)),
+            batch_size=config.batch_size, steps_per_example=W)
+
+    def compile(self, model, optimizer) -> None:
+        from model.series_model import compile_next_value_model
+
+        compile_next_value_model(model, optimizer, self.forecast.loss, self.forecast.quantiles)
+
+    def probe(self, model, validation):
+        from model import through_time
+
+        x, y = next(iter(validation))  # the monitor's through-time check reads these windows
+        return x[:16], through_time.compiled_loss(model, y[:16])
+
+    def evaluate(self, model, validation) -> dict[str, Any]:
+        if len(self.forecast.quantiles) < 2:
+            return {"interval_calibration": None, "calibration_scores": None}
+        origins, z = self.examples["validation"]
+        calibration, scores = intervals.calibrate(model, self.series, self.split, origins, z, self.forecast)
+        return {"interval_calibration": calibration, "calibration_scores": scores}
+
+    def export(self, model, output: Path, run_id: str, evaluation: dict[str, Any]) -> Path:
+        from model.series_export import export_series_model
+
+        series, split, f = self.series, self.split, self.forecast
+        return export_series_model(model, output, {
+            "cell": self.model_config.cell, "window": f.window, "horizon": f.horizon, "features": series.features,
+            "log_features": self.log_features, "target": series.target, "transform": f.transform,
+            "quantile_levels": list(f.quantiles), "interval_calibration": evaluation["interval_calibration"],
+            "ticker": series.ticker, "source": series.source,
+            "train_span": [str(series.dates[0])[:10], str(series.dates[split.train_end - 1])[:10]],
+            "run_id": run_id}, warmup_window=series.values[split.train_end - f.window:split.train_end])
+
+    def test(self, model, run, evaluation: dict[str, Any]) -> dict[str, Any]:
+        series, split, forecast, refits = self.series, self.split, self.forecast, self.backtest
+        # The test span, walked forward after the export (refits never reach the exported model).
+        walked = backtest.walk_forward(model, self.scaling, series, split, forecast, refits.refit_every,
+                                       refits.refit_epochs, self.batch_size, self.seed, self.optimizer_config)
+        adaptive = None
+        if evaluation["calibration_scores"] is not None:
+            test_z = self.examples["test"][1]  # the test origins are the ones the walk went through
+            adaptive = intervals.adapt(walked, self.scaling, series, forecast, test_z,
+                                       evaluation["calibration_scores"], refits.interval_adapt_rate)
+        name = self.model_config.cell.upper().replace("SIMPLE_RNN", "SimpleRNN")
+        result = evaluate(series, split, forecast, walked.predictions, walked.origins, name, adaptive)
+        metrics = result["metrics"]
+        headline = f"RMSE {metrics['model']['rmse'] / metrics['naive']['rmse']:.3f}× naive"
+        plots = backtest.plot_backtest(series, walked, forecast,
+                                       f"{name} on {series.ticker or series.source}: {headline}",
+                                       run.path, adaptive[0] if adaptive else None)
+        result["interval_calibration"] = evaluation["interval_calibration"]
+        result["walk_forward"] = {"refit_every": refits.refit_every, "refit_epochs": refits.refit_epochs,
+                                  "refits": walked.refits, "plots": plots}
+        return {"test_windows": len(walked.origins), "evaluation": result}
+
+    def describe(self) -> dict[str, Any]:
+        series, split = self.series, self.split
+        return {"config": {"forecast": dataclasses.asdict(self.forecast),
+                           "data": {"source": series.source, "ticker": series.ticker, "target": series.target,
+                                    "features": series.features}},
+                "rows": split.total, "missing_filled": series.missing_filled,
+                "split": {"train_end": split.train_end, "val_end": split.val_end, "total": split.total},
+                "train_windows": len(self.examples["train"][0]), "val_windows": len(self.examples["validation"][0])}
+
+
 def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConfig, model_config: ModelConfig,
                        optimizer_config: OptimizerConfig, training_config: TrainingConfig, output: str | Path,
                        refit_every: int = 0, refit_epochs: int = 1,
@@ -234,106 +255,17 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
             test steps on everything known by then (0: never).
         refit_epochs: Epochs per refit.
         adapt_rate: With an interval, the step size of its adaptive
-            recalibration through the test span (`pipelines.adaptive_interval`);
+            recalibration through the test span (`pipelines.intervals`);
             None: the rate that guarantees the coverage within 3 points.
 
     Returns:
         The summary written to `runs/<run-id>/summary.json`.
     """
-    from model import distribute
+    from model import training
 
-    with distribute.placement(training_config.strategy) as place:
-        return _train_series_model(place, series, split, forecast, model_config, optimizer_config, training_config,
-                                   output, refit_every, refit_epochs, extra_callbacks, adapt_rate)
-
-
-def _train_series_model(place, series, split, forecast, model_config, optimizer_config, training_config, output,
-                        refit_every, refit_epochs, extra_callbacks, adapt_rate) -> dict[str, Any]:
-    import keras
-
-    from model import distribute, through_time, training
-    from model.series_export import export_series_model
-    from model.series_model import build_next_value_model, compile_next_value_model, fit_scaling, price_scaling
-
-    keras.utils.set_random_seed(training_config.seed)
-    W, H = forecast.window, forecast.horizon
-    log_features = [is_price_column(name, series.target) for name in series.features]
-    with place.strategy.scope():
-        model = build_next_value_model(W, log_features, series.target_index, H, model_config, forecast.transform,
-                                       forecast.quantiles, forecast.bidirectional)
-    scaling = price_scaling(model)
-    # The statistics see the training span and nothing after it.
-    scaling.set_stats(fit_scaling(series.values[:split.train_end], series.target_index, forecast.transform,
-                                  log_features))
-    examples = prepare_examples(series, split, forecast, scaling)
-    train_origins, train_z = examples["train"]
-    val_origins, val_z = examples["validation"]
-    train_data = distribute.shard_by_data(make_dataset(series.values, train_z, train_origins, W,
-                                                       training_config.batch_size, True, training_config.seed))
-    val_data = distribute.shard_by_data(make_dataset(series.values, val_z, val_origins, W,
-                                                     training_config.batch_size, False))
-
-    steps_per_epoch = training_config.steps_per_epoch or int(np.ceil(len(train_origins) / training_config.batch_size))
-    with place.strategy.scope():
-        optimizer = training.make_run_optimizer(optimizer_config, training_config, steps_per_epoch)
-        compile_next_value_model(model, optimizer, forecast.loss, forecast.quantiles)
-    run = training.RunDirectory.open(place.runs_dir(training_config.runs_dir), training_config.run_id,
-                                     Path(output).name)
-    probe_x, probe_y = next(iter(val_data))  # the monitor's through-time check reads these windows
-    probe = (probe_x[:16], through_time.compiled_loss(model, probe_y[:16]))
-    result = training.train(model, train_data, val_data, run, training_config, optimizer_config, extra_callbacks,
-                            probe)
-
-    calibration = calibration_scores = None
-    if len(forecast.quantiles) >= 2:
-        calibration, calibration_scores = calibrate_interval(model, series, split, val_origins, val_z, forecast)
-
-    version_dir = export_series_model(model, place.output(output), {
-        "cell": model_config.cell, "window": W, "horizon": H, "features": series.features,
-        "log_features": log_features, "target": series.target, "transform": forecast.transform,
-        "quantile_levels": list(forecast.quantiles), "interval_calibration": calibration,
-        "ticker": series.ticker, "source": series.source,
-        "train_span": [str(series.dates[0])[:10], str(series.dates[split.train_end - 1])[:10]],
-        "run_id": run.run_id}, warmup_window=series.values[split.train_end - W:split.train_end])
-
-    # The test span, walked forward after the export (refits never reach the exported model).
-    walked = backtest.walk_forward(model, scaling, series, split, forecast, refit_every, refit_epochs,
-                                   training_config.batch_size, training_config.seed, optimizer_config)
-    adaptive = None
-    if calibration_scores is not None:
-        test_z = examples["test"][1]  # the test origins are the ones the walk went through
-        adaptive = adapt_interval(walked, scaling, series, forecast, test_z, calibration_scores, adapt_rate)
-    name = model_config.cell.upper().replace("SIMPLE_RNN", "SimpleRNN")
-    evaluation = evaluate(series, split, forecast, walked.predictions, walked.origins, name, adaptive)
-    metrics = evaluation["metrics"]
-    headline = f"RMSE {metrics['model']['rmse'] / metrics['naive']['rmse']:.3f}× naive"
-    plots = backtest.plot_backtest(series, walked, forecast, f"{name} on {series.ticker or series.source}: {headline}",
-                                   run.path, adaptive[0] if adaptive else None)
-    evaluation["interval_calibration"] = calibration
-    evaluation["walk_forward"] = {"refit_every": refit_every, "refit_epochs": refit_epochs,
-                                  "refits": walked.refits, "plots": plots}
-
-    summary = {
-        "run_id": run.run_id,
-        "run_dir": str(run.path),
-        "config": {"model": dataclasses.asdict(model_config), "optimizer": dataclasses.asdict(optimizer_config),
-                   "training": dataclasses.asdict(training_config), "forecast": dataclasses.asdict(forecast),
-                   "data": {"source": series.source, "ticker": series.ticker, "target": series.target,
-                            "features": series.features}},
-        "rows": split.total, "missing_filled": series.missing_filled,
-        "split": {"train_end": split.train_end, "val_end": split.val_end, "total": split.total},
-        "train_windows": len(train_origins), "val_windows": len(val_origins), "test_windows": len(walked.origins),
-        "best_val_loss": result.best_val_loss, "epochs_run": result.epochs_run, "steps": result.steps,
-        "timed_steps": result.timed_steps,
-        "train_seconds": result.train_seconds, "wall_seconds": result.wall_seconds,
-        "stopped_early": result.stopped_early, "stopped_by_time_budget": result.stopped_by_time_budget,
-        "resumed": result.resumed,
-        "gradient_health": result.gradient_health, "parameters": int(model.count_params()),
-        "evaluation": evaluation, "export_path": str(version_dir),
-        "worker": distribute.worker_name(place.strategy), "chief": place.chief,
-    }
-    run.write_summary(summary)
-    return summary
+    task = SeriesTask(series, split, forecast, BacktestConfig(refit_every, refit_epochs, adapt_rate), optimizer_config,
+                      Path(output).name)
+    return training.run_job(task, model_config, optimizer_config, training_config, output, extra_callbacks)
 
 
 def format_report(summary: dict[str, Any]) -> str:
@@ -372,26 +304,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         frame.to_csv(path, index=False)
         print(f"Wrote {len(frame):,} rows ({', '.join(sorted(frame['Ticker'].unique()))}) to {path}")
         return 0
-    forecast = forecast_config(args)
-    if args.refit_every < 0 or args.refit_epochs <= 0:
-        raise UsageError(f"--refit-every must be >= 0 and --refit-epochs >= 1, "
-                         f"got {args.refit_every} and {args.refit_epochs}")
-    if args.interval_adapt_rate is not None and not 0 < args.interval_adapt_rate <= 1:
-        raise UsageError(f"--interval-adapt-rate must be in (0, 1], got {args.interval_adapt_rate}")
+    data_config = cli.config_from_args(SeriesDataConfig, args)
+    forecast = cli.config_from_args(ForecastConfig, args)
+    refits = cli.config_from_args(BacktestConfig, args)
     model_config = cli.model_config(args)
     optimizer_config = cli.optimizer_config(args)
     training_config = cli.training_config(args)
     check_export_base(args.output)
-    series = load_series(args)
+    series = load_series(data_config)
     split = chronological_split(len(series.dates), forecast.window, forecast.horizon,
-                                args.val_fraction, args.test_fraction)
+                                data_config.val_fraction, data_config.test_fraction)
     print(f"{series.source}{' ' + series.ticker if series.ticker else ''}: {split.total:,} days, "
           f"target {series.target}, features {', '.join(series.features)}; "
           f"{series.missing_filled} missing cells forward-filled")
 
+    cli.quiet_tensorflow(args.verbose)
     summary = train_series_model(series, split, forecast, model_config, optimizer_config, training_config,
-                                 args.output, args.refit_every, args.refit_epochs,
-                                 adapt_rate=args.interval_adapt_rate)
+                                 args.output, refits.refit_every, refits.refit_epochs,
+                                 adapt_rate=refits.interval_adapt_rate)
     print("\n" + format_report(summary))
     if not summary["chief"]:
         print(f"{summary['worker']} done: the chief writes the run directory and the export")

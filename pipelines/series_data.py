@@ -223,13 +223,9 @@ def chronological_split(total: int, window: int, horizon: int, val_fraction: flo
     """Split T days in time order; each span must hold at least one (window, horizon) example.
 
     Raises:
-        UsageError: If the series is too short (says how many rows are needed).
+        UsageError: If the series is too short (says how many rows are needed). The settings' own
+            ranges are checked by `model.config.ForecastConfig` and `SeriesDataConfig`.
     """
-    if window <= 0 or horizon <= 0:
-        raise UsageError(f"--window and --horizon must be positive integers, got {window} and {horizon}")
-    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise UsageError(f"--val-fraction and --test-fraction must be in (0, 1) with a sum below 1, "
-                         f"got {val_fraction} and {test_fraction}")
     val_end = total - int(round(total * test_fraction))
     train_end = val_end - int(round(total * val_fraction))
     example = window + horizon  # one input window plus the values it predicts

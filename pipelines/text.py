@@ -13,13 +13,12 @@ prediction and a sample, exactly as a serving client would.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from model.config import MAX_TOKENS_LIMIT, ModelConfig, OptimizerConfig, TrainingConfig, UsageError
+from model.config import ModelConfig, OptimizerConfig, SamplingConfig, TextDataConfig, TrainingConfig, UsageError
 from model.export import check_export_base
 from pipelines import cli
 from pipelines.text_data import DEFAULT_CORPUS_NAME, TextData, default_corpus, prepare_text, read_corpus
@@ -27,42 +26,81 @@ from pipelines.text_data import DEFAULT_CORPUS_NAME, TextData, default_corpus, p
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(prog="python -m pipelines.text", description=__doc__.split("\n\n")[0])
-    data = parser.add_argument_group("data")
-    data.add_argument("--corpus", default=None,
-                      help=f"UTF-8 text file (default: {DEFAULT_CORPUS_NAME}, shipped with Python)")
-    data.add_argument("--token-level", default="char", help="char (default) | word")
-    data.add_argument("--seq-len", type=int, default=100, help="window length in tokens")
-    data.add_argument("--val-fraction", type=float, default=0.1,
-                      help="share of the corpus, at its end, kept for validation")
-    data.add_argument("--max-vocab", type=int, default=None,
-                      help="keep the most frequent tokens only; the rest map to [UNK]")
-    cli.add_model_flags(parser)
-    parser.add_argument("--embedding-dim", type=int, default=64)
+    cli.add_config_flags(parser, TextDataConfig, "data")
+    cli.add_model_flags(parser, embedding=True)
     parser.add_argument("--bidirectional", action="store_true",
                         help="refused: a next-token model must not see the future")
     cli.add_optimizer_flags(parser)
     cli.add_training_flags(parser)
-    out = parser.add_argument_group("export and sample")
-    out.add_argument("--output", default="saved_models/text",
-                     help="model directory; each run adds the next version (default saved_models/text)")
-    out.add_argument("--prompt", default="The ", help="prompt of the sample printed at the end")
-    out.add_argument("--max-tokens", type=int, default=200, help="length of that sample")
-    out.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, > 0")
-    out.add_argument("--top-k", type=int, default=0, help="sample among the k most likely (0: all)")
-    out.add_argument("--sample-seed", type=int, default=0)
+    cli.add_config_flags(parser, SamplingConfig, "export and sample")
+    parser.add_argument("--output", default="saved_models/text",
+                        help="model directory; each run adds the next version (default saved_models/text)")
     return parser
 
 
-def check_sampling_flags(args: argparse.Namespace) -> None:
-    if args.bidirectional:
-        raise UsageError("--bidirectional is refused for text: a next-token model reads left to right "
-                         "and must not see the tokens it predicts (it is for pipelines.series)")
-    if not args.temperature > 0:
-        raise UsageError(f"--temperature must be > 0, got {args.temperature} (use 0.01 for greedy)")
-    if not 0 <= args.max_tokens <= MAX_TOKENS_LIMIT:
-        raise UsageError(f"--max-tokens must be between 0 and {MAX_TOKENS_LIMIT}, got {args.max_tokens}")
-    if args.top_k < 0:
-        raise UsageError(f"--top-k must be >= 0 (0 samples from all tokens), got {args.top_k}")
+class TextTask:
+    """Next-token prediction on a prepared corpus (a `model.training.Task`).
+
+    Args:
+        data: The corpus as ids, split, with its vocabulary.
+        seq_len: Window length.
+        data_config: Data settings recorded in summary.json.
+    """
+
+    def __init__(self, data: TextData, seq_len: int, name: str, data_config: dict[str, Any] | None = None):
+        self.data = data
+        self.seq_len = seq_len
+        self.name = name
+        self.data_config = data_config or {}
+
+    def build(self, model_config: ModelConfig):
+        from model import builders
+        from model.vocabulary import id_space_size
+
+        return builders.build_next_token_model(id_space_size(self.data.vocabulary), model_config)
+
+    def datasets(self, model, config: TrainingConfig):
+        from model.training import Datasets
+        from pipelines.text_data import batches_per_pass, make_dataset, training_batch_size
+
+        ids, seq_len, batch = self.data.train_ids, self.seq_len, config.batch_size
+        return Datasets(train=make_dataset(ids, seq_len, batch, shuffle=True, seed=config.seed).repeat(),
+                        validation=make_dataset(self.data.val_ids, seq_len, batch, shuffle=False),
+                        steps_per_pass=batches_per_pass(ids, seq_len, batch),
+                        batch_size=training_batch_size(ids, seq_len, batch), steps_per_example=seq_len)
+
+    def compile(self, model, optimizer) -> None:
+        from model import builders
+
+        builders.compile_next_token_model(model, optimizer)
+
+    def probe(self, model, validation):
+        from model import through_time
+
+        x, y = next(iter(validation))  # the monitor's through-time check reads these sequences
+        return x[:16], through_time.next_token_loss(y[:16, -1])
+
+    def evaluate(self, model, validation) -> dict[str, Any]:
+        nats = float(model.evaluate(validation, verbose=0))
+        return {"val_loss_nats_per_token": nats, "val_bits_per_token": nats / math.log(2),
+                "val_perplexity": math.exp(nats) if nats < 700 else math.inf}
+
+    def export(self, model, output: Path, run_id: str, evaluation: dict[str, Any]) -> Path:
+        from model.text_export import export_text_model
+
+        data = self.data
+        return export_text_model(model, output, data.vocabulary, data.token_level, data.unigram_counts, self.seq_len,
+                                 extra_metadata={"run_id": run_id,
+                                                 "val_loss_nats_per_token": evaluation["val_loss_nats_per_token"]})
+
+    def test(self, model, run, evaluation: dict[str, Any]) -> dict[str, Any]:
+        return evaluation  # no test span: the validation figures are the result
+
+    def describe(self) -> dict[str, Any]:
+        data = self.data
+        return {"config": {"data": {**self.data_config, "seq_len": self.seq_len, "token_level": data.token_level}},
+                "vocabulary_size": len(data.vocabulary), "train_tokens": len(data.train_ids),
+                "val_tokens": len(data.val_ids), "val_oov_share": data.oov_share_val, "token_unit": data.token_level}
 
 
 def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config: OptimizerConfig,
@@ -84,91 +122,18 @@ def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config
     Returns:
         The summary written to `runs/<run-id>/summary.json`.
     """
-    from model import distribute
+    from model import training
 
-    with distribute.placement(training_config.strategy) as place:
-        return _train_text_model(place, data, model_config, optimizer_config, training_config, seq_len, output,
-                                 data_config, extra_callbacks)
-
-
-def _train_text_model(place, data, model_config, optimizer_config, training_config, seq_len, output,
-                      data_config, extra_callbacks) -> dict[str, Any]:
-    import keras
-
-    from model import builders, distribute, through_time, training
-    from model.text_export import export_text_model
-    from model.vocabulary import id_space_size
-    from pipelines.text_data import batches_per_pass, make_dataset, training_batch_size
-
-    keras.utils.set_random_seed(training_config.seed)
-    run = training.RunDirectory.open(place.runs_dir(training_config.runs_dir), training_config.run_id,
-                                     Path(output).name)
-    # One endless dataset, `steps_per_epoch` batches an epoch: Keras then keeps one iterator for the
-    # whole run. Ending each epoch by running out of data makes it rebuild the iterator, and that
-    # stalled each epoch by 30-40 s for a GRU-256x2 (2 cores).
-    train_data = distribute.shard_by_data(make_dataset(data.train_ids, seq_len, training_config.batch_size,
-                                                       shuffle=True, seed=training_config.seed).repeat())
-    val_data = distribute.shard_by_data(make_dataset(data.val_ids, seq_len, training_config.batch_size,
-                                                     shuffle=False))
-    steps_per_epoch = training_config.steps_per_epoch or batches_per_pass(data.train_ids, seq_len,
-                                                                          training_config.batch_size)
-    with place.strategy.scope():
-        model = builders.build_next_token_model(id_space_size(data.vocabulary), model_config)
-        optimizer = training.make_run_optimizer(optimizer_config, training_config, steps_per_epoch)
-        builders.compile_next_token_model(model, optimizer)
-
-    probe_x, probe_y = next(iter(val_data))  # the monitor's through-time check reads these sequences
-    probe = (probe_x[:16], through_time.next_token_loss(probe_y[:16, -1]))
-    result = training.train(model, train_data, val_data, run, training_config, optimizer_config,
-                            extra_callbacks, probe, steps_per_epoch)
-    val_nats = float(model.evaluate(val_data, verbose=0))
-    version_dir = export_text_model(
-        model, place.output(output), data.vocabulary, data.token_level, data.unigram_counts, seq_len,
-        extra_metadata={"run_id": run.run_id, "val_loss_nats_per_token": val_nats})
-
-    batch = training_batch_size(data.train_ids, seq_len, training_config.batch_size)
-    # Steady state: the first step (graph tracing) and validation are not counted.
-    tokens_per_second = result.timed_steps * batch * seq_len / result.train_seconds if result.timed_steps else 0.0
-    summary = {
-        "run_id": run.run_id,
-        "run_dir": str(run.path),
-        "config": {"model": dataclasses.asdict(model_config),
-                   "optimizer": dataclasses.asdict(optimizer_config),
-                   "training": dataclasses.asdict(training_config),
-                   "data": {**(data_config or {}), "seq_len": seq_len, "token_level": data.token_level}},
-        "parameters": int(model.count_params()),
-        "vocabulary_size": len(data.vocabulary),
-        "train_tokens": len(data.train_ids),
-        "val_tokens": len(data.val_ids),
-        "val_oov_share": data.oov_share_val,
-        "token_unit": data.token_level,
-        "val_loss_nats_per_token": val_nats,
-        "val_bits_per_token": val_nats / math.log(2),
-        "val_perplexity": math.exp(val_nats) if val_nats < 700 else math.inf,
-        "epochs_run": result.epochs_run,
-        "steps": result.steps,
-        "train_seconds": result.train_seconds,
-        "wall_seconds": result.wall_seconds,
-        "tokens_per_second": tokens_per_second,
-        "train_batch_size": batch,  # the requested one, shrunk when a pass has fewer windows
-        "steps_per_epoch": steps_per_epoch,
-        "stopped_early": result.stopped_early,
-        "stopped_by_time_budget": result.stopped_by_time_budget,
-        "resumed": result.resumed,
-        "gradient_health": result.gradient_health,
-        "export_path": str(version_dir),
-        "worker": distribute.worker_name(place.strategy),
-        "chief": place.chief,
-    }
-    run.write_summary(summary)
-    return summary
+    task = TextTask(data, seq_len, Path(output).name, data_config)
+    return training.run_job(task, model_config, optimizer_config, training_config, output, extra_callbacks)
 
 
-def show_exported_model(version_dir: str, prompt: str, max_tokens: int, temperature: float,
-                        top_k: int, seed: int) -> None:
+def show_exported_model(version_dir: str, sampling: SamplingConfig) -> None:
     """Load the export back, as another app would, and print what it predicts."""
     import tensorflow as tf
 
+    prompt, max_tokens, temperature = sampling.prompt, sampling.max_tokens, sampling.temperature
+    top_k, seed = sampling.top_k, sampling.sample_seed
     loaded = tf.saved_model.load(version_dir)
     text = tf.constant([prompt])
     nxt = loaded.signatures["serving_default"](text=text)
@@ -186,21 +151,27 @@ def show_exported_model(version_dir: str, prompt: str, max_tokens: int, temperat
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    model_config = cli.model_config(args, embedding_dim=args.embedding_dim)
+    data_config = cli.config_from_args(TextDataConfig, args)
+    model_config = cli.model_config(args)
     optimizer_config = cli.optimizer_config(args)
     training_config = cli.training_config(args)
-    check_sampling_flags(args)
+    sampling = cli.config_from_args(SamplingConfig, args)
+    if args.bidirectional:
+        raise UsageError("--bidirectional is refused for text: a next-token model reads left to right "
+                         "and must not see the tokens it predicts (it is for pipelines.series)")
     check_export_base(args.output)
-    text = read_corpus(args.corpus) if args.corpus else default_corpus()
-    data = prepare_text(text, args.token_level, args.seq_len, args.val_fraction, args.max_vocab)
-    print(f"Corpus {args.corpus or DEFAULT_CORPUS_NAME}: {len(data.train_ids):,} training and "
-          f"{len(data.val_ids):,} validation {args.token_level}s, vocabulary {len(data.vocabulary)}")
+    text = read_corpus(data_config.corpus) if data_config.corpus else default_corpus()
+    data = prepare_text(text, data_config.token_level, data_config.seq_len, data_config.val_fraction,
+                        data_config.max_vocab)
+    corpus = data_config.corpus or DEFAULT_CORPUS_NAME
+    print(f"Corpus {corpus}: {len(data.train_ids):,} training and {len(data.val_ids):,} validation "
+          f"{data.token_level}s, vocabulary {len(data.vocabulary)}")
 
+    cli.quiet_tensorflow(args.verbose)
     summary = train_text_model(
-        data, model_config, optimizer_config, training_config, args.seq_len, args.output,
-        data_config={"corpus": args.corpus or DEFAULT_CORPUS_NAME, "val_fraction": args.val_fraction,
-                     "max_vocab": args.max_vocab})
-    unit = args.token_level
+        data, model_config, optimizer_config, training_config, data_config.seq_len, args.output,
+        data_config={"corpus": corpus, "val_fraction": data_config.val_fraction, "max_vocab": data_config.max_vocab})
+    unit = data.token_level
     print(f"\nValidation loss {summary['val_loss_nats_per_token']:.4f} nats/{unit} = "
           f"{summary['val_bits_per_token']:.4f} bits/{unit}, perplexity {summary['val_perplexity']:.2f}; "
           f"{summary['tokens_per_second']:,.0f} {unit}s/s in training")
@@ -208,8 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{summary['worker']} done: the chief writes the run directory and the export")
         return 0
     print(f"Run: {summary['run_dir']}   Export: {summary['export_path']}")
-    show_exported_model(summary["export_path"], args.prompt, args.max_tokens, args.temperature,
-                        args.top_k, args.sample_seed)
+    show_exported_model(summary["export_path"], sampling)
     return 0
 
 

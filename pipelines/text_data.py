@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from model.config import UsageError
-from model.vocabulary import OOV_ID, TOKEN_LEVELS, build_vocabulary, encode, tokenize
+from model.vocabulary import OOV_ID, build_vocabulary, encode, tokenize
 from pipelines.cli import existing_file
 
 DEFAULT_CORPUS_NAME = "pydoc_data.topics"
@@ -95,16 +95,9 @@ def prepare_text(text: str, token_level: str = "char", seq_len: int = 100,
         A `TextData`.
 
     Raises:
-        UsageError: If a setting is out of range or the corpus is too short.
+        UsageError: If the corpus is too short for the windows. (The settings' own
+            ranges are checked by `model.config.TextDataConfig.validate`.)
     """
-    if token_level not in TOKEN_LEVELS:
-        raise UsageError(f"unknown token level {token_level!r}: choose one of {', '.join(TOKEN_LEVELS)}")
-    if seq_len <= 0:
-        raise UsageError(f"--seq-len must be a positive integer, got {seq_len}")
-    if not 0.0 < val_fraction < 1.0:
-        raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    if max_vocab is not None and max_vocab <= 0:
-        raise UsageError(f"--max-vocab must be a positive integer, got {max_vocab}")
     tokens = tokenize(text, token_level)
     n_val = int(round(len(tokens) * val_fraction))
     train_tokens, val_tokens = tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:]

@@ -36,12 +36,6 @@ def test_point_metrics_by_hand():
     assert fe.naive_scale(SERIES) == pytest.approx(np.mean([1, 2, 1, 2, 1]))
 
 
-def test_interval_coverage():
-    actual = np.array([[1.0], [2.0], [3.0], [4.0]])
-    assert fe.interval_coverage(actual, actual - 1, actual + 1) == 1.0
-    assert fe.interval_coverage(actual, actual * 0 + 1.5, actual * 0 + 3.5) == 0.5
-
-
 def test_diebold_mariano_detects_a_better_forecast():
     rng = np.random.default_rng(0)
     actual = rng.normal(size=(300, 1))

@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from model import builders
 from model.config import ModelConfig, MonitorConfig, TrainingDiverged
-from model.gradient_monitor import GradientMonitor, MonitoredModel, clip_like_optimizer, clipped_global_norm, dense_norm
+from model.gradient_callbacks import gradient_callbacks
+from model.gradient_monitor import MonitoredModel, clip_like_optimizer, clipped_global_norm, dense_norm
 from model.reference_rnn import VanillaRNN
 from model.through_time import fit_decay, gradient_through_time, next_token_loss, next_value_loss
 from pipelines import gradients
@@ -67,10 +68,10 @@ def test_monitor_norms_agree_with_an_independent_gradient_tape():
     with tf.GradientTape() as tape:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, model(x, training=True))
     grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(loss, model.trainable_variables)]
-    monitor = GradientMonitor(MonitorConfig(), verbose=False)
-    model.fit(x, y, batch_size=8, epochs=1, callbacks=[monitor], verbose=0)
+    recorder, health = gradient_callbacks(MonitorConfig(), verbose=False)
+    model.fit(x, y, batch_size=8, epochs=1, callbacks=[recorder, health], verbose=0)
 
-    row = monitor.rows[0]
+    row = recorder.rows[0]
     labels = model.gradient_labels()
     assert "lstm_0/recurrent_kernel" in labels and "lstm_1/input_kernel" in labels and "logits/bias" in labels
     for label, grad, variable in zip(labels, grads, model.trainable_variables):
@@ -98,8 +99,8 @@ def test_a_non_finite_step_is_not_applied_and_stops_training_with_a_diagnosis():
         def on_train_batch_end(self, batch, logs=None):
             seen.append([v.numpy().copy() for v in self.model.trainable_variables])
 
-    monitor = GradientMonitor(MonitorConfig(), verbose=False)
-    model.fit(x, y, batch_size=8, epochs=3, shuffle=False, callbacks=[monitor, Weights()], verbose=0)
+    recorder, monitor = gradient_callbacks(MonitorConfig(), verbose=False)
+    model.fit(x, y, batch_size=8, epochs=3, shuffle=False, callbacks=[recorder, monitor, Weights()], verbose=0)
     assert len(seen) == 3  # stopped right after the bad step
     assert "training diverged at step 3" in monitor.diagnosis
     assert "the loss is nan: the weights are finite, so the batch holds non-finite inputs" in monitor.diagnosis
@@ -113,9 +114,9 @@ def test_the_monitor_keeps_every_nth_step_but_counts_all_of_them():
     model = tiny_text_model("simple_rnn")
     builders.compile_next_token_model(model, keras.optimizers.Adam(1e-3, clipnorm=1e-4))
     x, y = token_batch(batch=40)
-    monitor = GradientMonitor(MonitorConfig(every=3), verbose=False)
-    history = model.fit(x, y, batch_size=4, epochs=1, callbacks=[monitor], verbose=0)
-    assert [row["step"] for row in monitor.rows] == [1, 3, 6, 9]  # the first step, then every third
+    recorder, health = gradient_callbacks(MonitorConfig(every=3), verbose=False)
+    history = model.fit(x, y, batch_size=4, epochs=1, callbacks=[recorder, health], verbose=0)
+    assert [row["step"] for row in recorder.rows] == [1, 3, 6, 9]  # the first step, then every third
     assert history.history["clipped_share"] == [1.0]  # all 10 steps clipped at so small a norm
 
 
@@ -301,7 +302,7 @@ def test_a_huge_update_that_leaves_weights_non_finite_stops_training():
     model = MonitoredModel(inputs, keras.layers.Dense(1, name="head")(keras.layers.SimpleRNN(3, name="rnn_0")(inputs)))
     model.compile(optimizer=keras.optimizers.SGD(3e38), loss="mse")  # finite gradients, an infinite step
     x = np.random.default_rng(0).normal(size=(16, 4, 2)).astype(np.float32)
-    monitor = GradientMonitor(MonitorConfig(), verbose=False)
-    model.fit(x, np.full((16, 1), 5.0, np.float32), batch_size=8, epochs=2, callbacks=[monitor], verbose=0)
+    recorder, monitor = gradient_callbacks(MonitorConfig(), verbose=False)
+    model.fit(x, np.full((16, 1), 5.0, np.float32), batch_size=8, epochs=2, callbacks=[recorder, monitor], verbose=0)
     assert "training diverged at step 1" in monitor.diagnosis
     assert "this step's update left" in monitor.diagnosis and "non-finite" in monitor.diagnosis

@@ -9,7 +9,15 @@ import tensorflow as tf
 
 from model import recurrent_step
 from model.builders import build_next_token_model, make_optimizer
-from model.config import CELLS, ModelConfig, OptimizerConfig, UsageError
+from model.config import (
+    CELLS,
+    ForecastConfig,
+    ModelConfig,
+    OptimizerConfig,
+    SeriesDataConfig,
+    TextDataConfig,
+    UsageError,
+)
 
 VOCAB = 12
 
@@ -42,17 +50,33 @@ def test_learning_rate_schedules(schedule, decays):
     assert (float(at(50)) < 0.09) == decays
 
 
-@pytest.mark.parametrize("config, message", [
-    (ModelConfig(cell="transformer"), "unknown --cell 'transformer'"),
-    (ModelConfig(units=0), "--units must be a positive integer"),
-    (ModelConfig(layers=-1), "--layers must be a positive integer"),
-    (OptimizerConfig(clip="clipnorm", clip_value=0), "threshold must be > 0"),
-    (OptimizerConfig(lr_schedule="linear"), "unknown --lr-schedule"),
+@pytest.mark.parametrize("config, message, flag_message", [
+    (ModelConfig(cell="transformer"), "unknown cell 'transformer'", "unknown --cell 'transformer'"),
+    (ModelConfig(units=0), "units must be a positive integer", "--units must be a positive integer"),
+    (ModelConfig(layers=-1), "layers must be a positive integer", "--layers must be a positive integer"),
+    (OptimizerConfig(clip="clipnorm", clip_value=0), "the clip_value threshold must be > 0",
+     "the --clipnorm threshold must be > 0"),
+    (OptimizerConfig(lr_schedule="linear"), "unknown lr_schedule", "unknown --lr-schedule"),
+    (TextDataConfig(seq_len=0), "seq_len must be a positive integer", "--seq-len must be a positive integer"),
+    (TextDataConfig(val_fraction=0.0), "val_fraction must be between 0 and 1", "--val-fraction must be between"),
+    (TextDataConfig(token_level="byte"), "unknown token_level 'byte'", "unknown --token-level 'byte'"),
+    (TextDataConfig(max_vocab=0), "max_vocab must be a positive integer", "--max-vocab must be a positive integer"),
+    (ForecastConfig(window=0), "window must be >= 2 and horizon >= 1", "--window must be >= 2 and --horizon >= 1"),
+    (SeriesDataConfig(val_fraction=0.6, test_fraction=0.5), "val_fraction and test_fraction must be in (0, 1)",
+     "--val-fraction and --test-fraction must be in (0, 1)"),
 ])
-def test_bad_settings_are_one_line_usage_errors(config, message):
-    with pytest.raises(UsageError, match=message) as error:
+def test_bad_settings_are_one_line_errors_that_name_the_field_or_the_flag(config, message, flag_message):
+    """validate() names the field; the command line's layer alone names the flag instead."""
+    from pipelines import cli
+
+    with pytest.raises(UsageError) as error:
         config.validate()
-    assert "\n" not in str(error.value)
+    assert message in str(error.value) and "\n" not in str(error.value) and "--" not in str(error.value)
+    cli.add_config_flags(cli.ArgumentParser(), type(config), "settings")  # registers the flags' names
+    clipping = {"clip_value": "--" + config.clip} if isinstance(config, OptimizerConfig) else {}
+    with pytest.raises(UsageError) as error, cli.flag_names(**clipping):
+        config.validate()
+    assert flag_message in str(error.value)
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -16,7 +16,7 @@ import tensorflow as tf
 from model.config import ForecastConfig, ModelConfig, OptimizerConfig, TrainingConfig
 from model.series_model import build_next_value_model, fit_scaling, price_scaling
 from pipelines import cli
-from pipelines.adaptive_interval import rate_for_tolerance
+from pipelines.intervals import rate_for_tolerance
 from pipelines.series import format_report, main, prepare_examples, train_series_model
 from pipelines.series_data import chronological_split, default_prices, load_prices, windows_at
 
@@ -236,36 +236,6 @@ def test_write_default_csv_then_train_on_it_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "naive" in result.stdout and "× naive" in result.stdout
     assert (tmp_path / "sm" / "ibm" / "1" / "saved_model.pb").is_file()
-
-
-def test_conformal_margin_reaches_the_nominal_coverage_both_ways():
-    from model.series_model import conformal_margin
-
-    rng = np.random.default_rng(0)
-    actual = rng.normal(size=(500, 2))
-    for half_width in (0.2, 3.0):  # far too narrow, far too wide
-        lower, upper = actual * 0 - half_width, actual * 0 + half_width
-        margin = conformal_margin(lower, upper, actual, 0.8)
-        covered = np.mean((lower - margin <= actual) & (actual <= upper + margin), axis=0)
-        assert np.all(covered >= 0.8) and np.all(covered <= 0.8 + 2 / 500)
-        assert (margin > 0).all() if half_width < 1 else (margin < 0).all()
-
-
-def test_volatility_scaled_margin_keeps_coverage_when_the_regime_calms_down():
-    """Calibrated in a turbulent span, used in a calm one: scaling by volatility keeps the nominal share."""
-    from model.series_model import conformal_margin
-
-    rng = np.random.default_rng(1)
-    calm, turbulent = 0.5, 2.0
-    calibration = rng.normal(size=(2000, 1)) * turbulent
-    test = rng.normal(size=(2000, 1)) * calm
-    zeros = np.zeros((2000, 1))
-    plain = conformal_margin(zeros, zeros, calibration, 0.8)
-    scaled = conformal_margin(zeros, zeros, calibration, 0.8, np.full(2000, turbulent))
-    plain_coverage = np.mean(np.abs(test) <= plain)
-    scaled_coverage = np.mean(np.abs(test) <= scaled * calm)
-    assert plain_coverage > 0.99  # far too wide once the market calms down
-    assert abs(scaled_coverage - 0.8) < 0.03
 
 
 def test_a_negative_margin_never_crosses_the_quantiles():

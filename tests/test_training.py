@@ -155,7 +155,7 @@ def test_cli_end_to_end_in_a_real_process(corpus_file, tmp_path):
 
 
 def test_new_runs_never_share_a_directory(tmp_path):
-    from model.training import RunDirectory
+    from model.run_directory import RunDirectory
 
     first = RunDirectory.open(str(tmp_path), None, "model")
     second = RunDirectory.open(str(tmp_path), None, "model")  # same second, most likely
@@ -164,7 +164,8 @@ def test_new_runs_never_share_a_directory(tmp_path):
 
 def test_standard_callbacks_watch_the_validation_loss(tmp_path):
     from model.config import OptimizerConfig, TrainingConfig
-    from model.training import RunDirectory, standard_callbacks
+    from model.run_directory import RunDirectory
+    from model.training import standard_callbacks
 
     run = RunDirectory.open(str(tmp_path), "r", "model")
     callbacks = standard_callbacks(run, TrainingConfig(patience=4), OptimizerConfig(lr_schedule="plateau"))
@@ -181,7 +182,7 @@ def test_cosine_over_a_time_budget_decays_to_zero_as_time_runs_out():
 
     from model.builders import build_next_token_model, compile_next_token_model, make_optimizer
     from model.config import ModelConfig, OptimizerConfig
-    from model.training import CosineOverTime
+    from model.learning_rate import CosineOverTime
 
     model = build_next_token_model(5, ModelConfig(cell="gru", units=2, embedding_dim=2))
     optimizer = make_optimizer(OptimizerConfig(learning_rate=0.5, lr_schedule="cosine"), total_steps=None)

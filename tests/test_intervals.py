@@ -1,4 +1,4 @@
-"""Adaptive conformal intervals through the test span: the guarantee, causality, the delays of H > 1."""
+"""Prediction intervals: scores, conformal calibration, ACI through the test span, coverage, the model's layer."""
 
 from __future__ import annotations
 
@@ -7,10 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from pipelines.adaptive_interval import (
+from model.config import ModelConfig
+from model.series_model import build_next_value_model
+from pipelines.intervals import (
     adaptive_intervals,
+    conformal_margin,
     conformal_quantile,
     coverage_bound,
+    interval_coverage,
+    interval_layer,
+    margin_off,
     nonconformity,
     rate_for_tolerance,
 )
@@ -112,3 +118,48 @@ def test_misses_widen_and_hits_narrow_in_units_of_volatility():
     assert (calm.upper - calm.lower)[-1, 0] < (calm.upper - calm.lower)[0, 0]
     # Day 0 is the validation span's conformal margin, scaled by the window's volatility.
     assert calm.upper[0, 0] == pytest.approx(conformal_quantile(sorted(scores[:, 0]), 0.8) * 2.0)
+
+
+def test_conformal_margin_reaches_the_nominal_coverage_both_ways():
+    rng = np.random.default_rng(0)
+    actual = rng.normal(size=(500, 2))
+    for half_width in (0.2, 3.0):  # far too narrow, far too wide
+        lower, upper = actual * 0 - half_width, actual * 0 + half_width
+        margin = conformal_margin(lower, upper, actual, 0.8)
+        covered = np.mean((lower - margin <= actual) & (actual <= upper + margin), axis=0)
+        assert np.all(covered >= 0.8) and np.all(covered <= 0.8 + 2 / 500)
+        assert (margin > 0).all() if half_width < 1 else (margin < 0).all()
+
+
+def test_volatility_scaled_margin_keeps_coverage_when_the_regime_calms_down():
+    """Calibrated in a turbulent span, used in a calm one: scaling by volatility keeps the nominal share."""
+    rng = np.random.default_rng(1)
+    calm, turbulent = 0.5, 2.0
+    calibration = rng.normal(size=(2000, 1)) * turbulent
+    test = rng.normal(size=(2000, 1)) * calm
+    zeros = np.zeros((2000, 1))
+    plain = conformal_margin(zeros, zeros, calibration, 0.8)
+    scaled = conformal_margin(zeros, zeros, calibration, 0.8, np.full(2000, turbulent))
+    plain_coverage = np.mean(np.abs(test) <= plain)
+    scaled_coverage = np.mean(np.abs(test) <= scaled * calm)
+    assert plain_coverage > 0.99  # far too wide once the market calms down
+    assert abs(scaled_coverage - 0.8) < 0.03
+
+
+def test_interval_coverage():
+    actual = np.array([[1.0], [2.0], [3.0], [4.0]])
+    assert interval_coverage(actual, actual - 1, actual + 1) == 1.0
+    assert interval_coverage(actual, actual * 0 + 1.5, actual * 0 + 3.5) == 0.5
+
+
+def test_interval_layer_is_found_by_name_and_margin_off_restores_the_margin():
+    config = ModelConfig(cell="gru", units=4)
+    assert interval_layer(build_next_value_model(10, [True], 0, 2, config)) is None  # a point forecast
+    assert interval_layer(build_next_value_model(10, [True], 0, 2, config, quantiles=(0.5,))) is None
+    model = build_next_value_model(10, [True], 0, 2, config, quantiles=(0.1, 0.5, 0.9))
+    layer = interval_layer(model)
+    assert layer is model.get_layer("interval_margin")
+    layer.margin.assign(np.array([0.5, -0.25], np.float32))
+    with margin_off(model):
+        np.testing.assert_array_equal(layer.margin.numpy(), [0.0, 0.0])
+    np.testing.assert_array_equal(layer.margin.numpy(), [0.5, -0.25])
