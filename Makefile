@@ -38,7 +38,9 @@ lint: $(INSTALLED)
 test: lint
 	$(PY) -m pytest -q
 
-# Benchmarks are not tests: they write bench/results/*.json and print the README's table.
+# Benchmarks are not tests: they write bench/results/*.json and print their tables (docs/benchmarks.md).
+# TF_CPP_MIN_LOG_LEVEL=3: TensorFlow's C++ notices off (the pipelines and the server have --verbose instead).
+bench load: export TF_CPP_MIN_LOG_LEVEL ?= 3
 bench: $(INSTALLED)
 	$(PY) -m bench.text
 	$(PY) -m bench.series

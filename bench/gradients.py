@@ -23,24 +23,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from bench.text import RESULTS, environment  # noqa: E402
-from model import builders  # noqa: E402
-from model.config import ModelConfig, MonitorConfig, OptimizerConfig  # noqa: E402
-from model.gradient_callbacks import gradient_callbacks  # noqa: E402
-from pipelines import gradients  # noqa: E402
-from pipelines.adding_problem import markdown_table, train_adding  # noqa: E402
+from bench.text import RESULTS, environment
+from model import builders
+from model.config import ModelConfig, MonitorConfig, OptimizerConfig
+from model.gradient_callbacks import gradient_callbacks
+from pipelines import gradients
+from pipelines.adding_problem import markdown_table, train_adding
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +91,8 @@ class OverheadPair:
             builders.compile_next_token_model(model, builders.make_optimizer(OptimizerConfig()))
             timer = StepTimer()
             # The timer comes last: a monitored step's time includes the monitor's callback.
-            self.callbacks[monitored] = [*gradient_callbacks(MonitorConfig(), verbose=False), timer] if monitored else [timer]
+            monitor = gradient_callbacks(MonitorConfig(), verbose=False) if monitored else ()
+            self.callbacks[monitored] = [*monitor, timer]
             self.models[monitored] = model
             self.burst(monitored)  # traces the step
 

@@ -19,21 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bench.text import RESULTS, environment  # noqa: E402
-from model.config import ForecastConfig, ModelConfig, OptimizerConfig, TrainingConfig  # noqa: E402
-from pipelines.series import prepare_examples, train_series_model  # noqa: E402
-from pipelines.series_data import chronological_split, default_prices, load_prices, windows_at  # noqa: E402
+from bench.text import RESULTS, environment
+from model.config import ForecastConfig, ModelConfig, OptimizerConfig, TrainingConfig
+from pipelines.series import prepare_examples, train_series_model
+from pipelines.series_data import chronological_split, default_prices, load_prices, windows_at
 
 TICKERS = ("MSFT", "IBM", "AAPL")
 CELLS = ("simple_rnn", "lstm", "gru")

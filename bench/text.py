@@ -25,17 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from model import builders  # noqa: E402
-from model.config import ModelConfig, OptimizerConfig, TrainingConfig  # noqa: E402
-from model.vocabulary import id_space_size  # noqa: E402
-from pipelines.text import train_text_model  # noqa: E402
-from pipelines.text_data import default_corpus, prepare_text, read_corpus  # noqa: E402
+from model import builders
+from model.config import ModelConfig, OptimizerConfig, TrainingConfig
+from model.vocabulary import id_space_size
+from pipelines.text import train_text_model
+from pipelines.text_data import default_corpus, prepare_text, read_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

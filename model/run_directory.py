@@ -84,29 +84,13 @@ class RunDirectory:
     def run_id(self) -> str:
         return self.path.name
 
-    @property
-    def tensorboard(self) -> Path:
-        return self.path / "tensorboard"
-
-    @property
-    def history_csv(self) -> Path:
-        return self.path / "history.csv"
-
-    @property
-    def best_weights(self) -> Path:
-        return self.path / "best.weights.h5"
-
-    @property
-    def backup(self) -> Path:
-        return self.path / "backup"
-
-    @property
-    def trained_json(self) -> Path:
-        return self.path / "trained.json"
-
-    @property
-    def summary_json(self) -> Path:
-        return self.path / "summary.json"
+    # The files of the run (see the layout at the top of this module).
+    tensorboard = property(lambda self: self.path / "tensorboard")
+    history_csv = property(lambda self: self.path / "history.csv")
+    best_weights = property(lambda self: self.path / "best.weights.h5")
+    backup = property(lambda self: self.path / "backup")
+    trained_json = property(lambda self: self.path / "trained.json")
+    summary_json = property(lambda self: self.path / "summary.json")
 
     @property
     def is_resuming(self) -> bool:

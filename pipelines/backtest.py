@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from model import builders
 from model.config import ForecastConfig, OptimizerConfig
 from pipelines import intervals
 from pipelines.series_data import PriceSeries, Split, future_at, make_dataset, origins_in, windows_at
@@ -74,6 +73,8 @@ def walk_forward(model, scaling, series: PriceSeries, split: Split, forecast: Fo
     W, H = forecast.window, forecast.horizon
     origins = origins_in(split.val_end, split.total, W, H)
     if refit_every > 0:
+        from model import builders  # TensorFlow: imported once the CLI's input is known to be good
+
         refit_config = dataclasses.replace(optimizer_config or OptimizerConfig(), lr_schedule="constant")
         model.compile(optimizer=builders.make_optimizer(refit_config), loss=model.loss)
         model.monitor_gradients = False  # refits run Keras's own step: no monitor reads the measurements

@@ -81,7 +81,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config_type: type, title: 
             kind = _SCALAR_TYPES[field.type.removeprefix("Optional[").removesuffix("]")]
             shown = "" if default is None else f" (default {default})"
             group.add_argument(flag, dest=field.name, type=kind, default=default, help=help_text + shown)
-        parser.set_defaults(**{field.name: default})
+        if field.type not in _LIST_TYPES:
+            parser.set_defaults(**{field.name: default})
 
 
 def _parse_list(field: dataclasses.Field, raw: Optional[str]) -> tuple:

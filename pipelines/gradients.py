@@ -36,12 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="{report,through-time,adding,exploding}",
                                      parser_class=cli.ArgumentParser)
     commands.required = True
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("--verbose", action="store_true",
+                         help="show TensorFlow's C++ start-up notices (as TF_CPP_MIN_LOG_LEVEL=0 does)")
 
     report = commands.add_parser("report", help="verdicts and plots of a training run's gradients")
     report.add_argument("run_dir", help="runs/<run-id> of a text or series training run")
     report.add_argument("--out", default=None, help="where the PNGs go (default: the run directory)")
 
-    through = commands.add_parser("through-time", help="gradient of the last step's loss at every step")
+    through = commands.add_parser("through-time", parents=[verbose], help="gradient of the last step's loss at every step")
     through.add_argument("--run", default=None, help="a finished text run (runs/<run-id>) instead of fresh models")
     through.add_argument("--kind", default="text", help="fresh models: text (next token) | series (next value)")
     through.add_argument("--cells", default=",".join(CELLS), help="fresh models: comma-separated cells")
@@ -52,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     through.add_argument("--seed", type=int, default=0)
     through.add_argument("--out", default="runs/gradients", help="where through_time.png and .json go")
 
-    adding = commands.add_parser("adding", help="the adding-problem grid: cells x T x clipping")
+    adding = commands.add_parser("adding", parents=[verbose], help="the adding-problem grid: cells x T x clipping")
     adding.add_argument("--cells", default=",".join(CELLS))
     adding.add_argument("--lengths", default="10,50,100,200", help="comma-separated T")
     adding.add_argument("--clips", default="clipnorm,none", help="comma-separated: " + " | ".join(CLIP_KINDS))
@@ -61,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     adding.add_argument("--units", type=int, default=64)
     adding.add_argument("--out", default="runs/gradients", help="where adding.md, adding.json and plots go")
 
-    exploding = commands.add_parser("exploding", help="SimpleRNN with a large recurrent kernel, clipped or not")
+    exploding = commands.add_parser("exploding", parents=[verbose],
+                                    help="SimpleRNN with a large recurrent kernel, clipped or not")
     exploding.add_argument("--radius", type=float, default=3.0, help="spectral radius of the recurrent kernel")
     exploding.add_argument("--seq-len", type=int, default=50)
     exploding.add_argument("--learning-rate", type=float, default=1e-2)
@@ -271,7 +275,8 @@ def through_time_command(args: argparse.Namespace) -> dict[str, Any]:
     if args.kind not in ("text", "series"):
         raise UsageError(f"--kind must be text or series, got {args.kind!r}")
     cells = comma_list(args.cells, CELLS, "--cells")
-    from model.through_time import fit_decay  # TensorFlow loads once the flags are known to be good
+    cli.quiet_tensorflow(args.verbose)  # TensorFlow loads once the flags are known to be good
+    from model.through_time import fit_decay
 
     if args.run:
         curves = run_through_time(Path(args.run), args.corpus, args.batch, args.seed)
@@ -302,6 +307,7 @@ def adding_command(args: argparse.Namespace) -> dict[str, Any]:
     clips = comma_list(args.clips, CLIP_KINDS, "--clips")
     lengths = positive_ints(args.lengths, "--lengths")
     require_positive(train_steps=args.train_steps, seeds=args.seeds, units=args.units)
+    cli.quiet_tensorflow(args.verbose)
     from pipelines.adding_problem import markdown_table, train_adding
 
     results = []
@@ -353,6 +359,7 @@ def exploding_command(args: argparse.Namespace) -> dict[str, Any]:
     require_positive(train_steps=args.train_steps)
     if not args.radius > 0 or args.seq_len < 2:
         raise UsageError(f"--radius must be > 0 and --seq-len >= 2, got {args.radius} and {args.seq_len}")
+    cli.quiet_tensorflow(args.verbose)
     rows = exploding_rows(args.radius, args.seq_len, args.train_steps, args.learning_rate)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from model.config import ForecastConfig
-from model.series_model import INTERVAL_LAYER, IntervalMargin
 from pipelines.series_data import PriceSeries, Split, windows_at
 
 if TYPE_CHECKING:  # backtest imports this module: the type only, to keep the import one-way
     import keras
 
+    from model.series_model import IntervalMargin  # TensorFlow: loaded once the CLI's input is known to be good
     from pipelines.backtest import Backtest
 
 # The calibration goal of the stock issue: an 80% interval covering 77-83% of test days.
@@ -50,6 +50,8 @@ def nominal_level(quantiles: Sequence[float]) -> float:
 
 def interval_layer(model: keras.Model) -> IntervalMargin | None:
     """The model's `IntervalMargin` layer, or None when it predicts no interval (a point, or one quantile)."""
+    from model.series_model import INTERVAL_LAYER
+
     return next((layer for layer in model.layers if layer.name == INTERVAL_LAYER), None)
 
 
@@ -137,7 +139,7 @@ def calibrate(model: keras.Model, series: PriceSeries, split: Split, origins: np
     """
     layer = interval_layer(model)
     if layer is None:
-        raise ValueError(f"model {model.name!r} predicts no interval: it has no {INTERVAL_LAYER!r} layer")
+        raise ValueError(f"model {model.name!r} predicts no interval: it has no interval layer")
     layer.margin.assign(np.zeros(forecast.horizon, np.float32))
     # Volatility is measured relative to the training span's (and only it: no later value).
     train_returns = np.diff(np.log(series.target_values[:split.train_end]))

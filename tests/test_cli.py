@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,21 @@ def test_hello_the_classic_example(workdir, capsys):
     assert loaded.signatures["generate_top_k"](**request, top_k=tf.constant([1]))["generated"].numpy()[0] == b"ello"
     cold = dict(request, temperature=tf.constant([1e-3]))
     assert loaded.signatures["generate"](**cold)["generated"].numpy()[0] == b"ello"
+
+
+TENSORFLOW_NOTICE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IWEF]\d{4} \d\d:\d\d)", re.M)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_the_first_lines_are_ours_and_tensorflows_notices_need_verbose(tmp_path, verbose):
+    """TensorFlow's C++ start-up notices (CUDA probing, oneDNN) show only with --verbose (or TF_CPP_MIN_LOG_LEVEL)."""
+    (tmp_path / "hello.txt").write_text("hello " * 60)
+    env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
+    argv = [sys.executable, "-m", "pipelines.text", "--corpus", str(tmp_path / "hello.txt"), "--cell", "gru",
+            "--units", "4", "--seq-len", "4", "--epochs", "1", "--steps-per-epoch", "2", "--max-tokens", "2",
+            "--output", str(tmp_path / "sm" / "hello"), "--runs-dir", str(tmp_path / "runs")]
+    result = subprocess.run(argv + ["--verbose"] * verbose, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Corpus ")
+    assert bool(TENSORFLOW_NOTICE.search(result.stderr)) == verbose, result.stderr
