@@ -48,20 +48,27 @@ class InvalidSetting(UsageError):
         template: The message, e.g. `"{units} must be a positive integer, got 0"`.
     """
 
-    _PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
-
     def __init__(self, template: str):
         self.template = template
-        super().__init__(self.with_names({}))
-
-    @property
-    def fields(self) -> list[str]:
-        """The settings the message names."""
-        return self._PLACEHOLDER.findall(self.template)
+        super().__init__(name_settings(template))
 
     def with_names(self, names: Mapping[str, str]) -> str:
         """The message with each `{field}` shown as `names[field]` (the field's own name when absent)."""
-        return self._PLACEHOLDER.sub(lambda m: names.get(m.group(1), m.group(1)), self.template)
+        return name_settings(self.template, names)
+
+
+_PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+
+
+def name_settings(template: str, names: Optional[Mapping[str, str]] = None) -> str:
+    """A message that names settings as `{field}`, with each shown as `names[field]` (else the field's name).
+
+    model/ names settings by their fields; the command line passes its flags
+    (`pipelines.cli.SETTING_FLAGS`), so a remedy reads "lower --learning-rate"
+    there and "lower learning_rate" to a program.
+    """
+    names = names or {}
+    return _PLACEHOLDER.sub(lambda m: names.get(m.group(1), m.group(1)), template)
 
 
 class TrainingDiverged(RuntimeError):

@@ -25,14 +25,14 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from model import gradient_health, through_time
-from model.config import MonitorConfig
+from model.config import MonitorConfig, name_settings
 from model.gradient_monitor import STEP_FIELDS, MonitoredModel, recurrent_layer_names
 
 
@@ -224,6 +224,9 @@ class GradientHealthCheck(keras.callbacks.Callback):
         recorder: Where the measurements come from.
         config: The detectors' thresholds.
         verbose: Print each warning when it is first raised.
+        setting_names: How remedies name settings: the command line passes
+            its flags ("lower --learning-rate"); by default the fields'
+            names ("lower learning_rate"); see `model.config.name_settings`.
 
     Attributes:
         findings: What the detectors find now (`gradient_health.Finding`):
@@ -233,11 +236,13 @@ class GradientHealthCheck(keras.callbacks.Callback):
         diagnosis: Set when a non-finite step stopped training.
     """
 
-    def __init__(self, recorder: GradientRecorder, config: MonitorConfig, verbose: bool = True):
+    def __init__(self, recorder: GradientRecorder, config: MonitorConfig, verbose: bool = True,
+                 setting_names: Optional[Mapping[str, str]] = None):
         super().__init__()
         self.recorder = recorder
         self.config = config
         self.verbose = verbose
+        self.setting_names = setting_names
         self.findings: list[gradient_health.Finding] = []
         self.warned: list[gradient_health.Finding] = []
         self.diagnosis: Optional[str] = None
@@ -272,10 +277,10 @@ class GradientHealthCheck(keras.callbacks.Callback):
                    "training stopped; the best checkpoint so far is kept")
         optimizer = self.model.optimizer
         clipping = optimizer.clipnorm or optimizer.global_clipnorm or optimizer.clipvalue
-        remedy = ("lower --learning-rate (clipping is on already), or use --cell lstm/gru" if clipping else
-                  "turn gradient clipping on (--clipnorm 1.0), lower --learning-rate, or use --cell lstm/gru")
+        remedy = ("lower {learning_rate} (clipping is on already), or use {cell} lstm/gru" if clipping else
+                  "turn gradient clipping on ({clipnorm} 1.0), lower {learning_rate}, or use {cell} lstm/gru")
         self.diagnosis = (f"training diverged at step {last.step} (epoch {self.recorder.epoch + 1}): {where}; "
-                          f"{outcome}. Remedy: {remedy}")
+                          f"{outcome}. Remedy: {name_settings(remedy, self.setting_names)}")
         self.findings.append(gradient_health.Finding(
             "non_finite", self.diagnosis, {"step": last.step, "loss": last.loss, "non_finite_weight": bad_weight,
                                            "largest_weight_norm": {largest[1]: largest[0]}}))
@@ -290,7 +295,7 @@ class GradientHealthCheck(keras.callbacks.Callback):
             return
         latest = recorder.through_time[-1] if recorder.through_time else None
         self.findings = gradient_health.diagnose(recorder.rows, recorder.layers, recorder.initial_weight_norms,
-                                                 self.config, latest)
+                                                 self.config, latest, self.setting_names)
         for finding in self.findings:
             if finding.kind not in {f.kind for f in self.warned}:  # each kind of warning is printed once
                 self.warned.append(finding)
@@ -305,7 +310,8 @@ class GradientHealthCheck(keras.callbacks.Callback):
 
 
 def gradient_callbacks(config: MonitorConfig, run_path: Optional[Path] = None, verbose: bool = True,
-                       probe: Optional[tuple[Any, Callable[[tf.Tensor], tf.Tensor]]] = None
+                       probe: Optional[tuple[Any, Callable[[tf.Tensor], tf.Tensor]]] = None,
+                       setting_names: Optional[Mapping[str, str]] = None
                        ) -> tuple[GradientRecorder, GradientHealthCheck]:
     """The recorder and the health check, in the order `fit` must call them.
 
@@ -314,9 +320,10 @@ def gradient_callbacks(config: MonitorConfig, run_path: Optional[Path] = None, v
         run_path: Where the recorder writes (None: memory only).
         verbose: Print warnings and the divergence diagnosis.
         probe: The recorder's through-time probe (see `GradientRecorder`).
+        setting_names: How the health check's remedies name settings.
 
     Returns:
         `(recorder, health)`: pass both to `fit`, in this order.
     """
     recorder = GradientRecorder(config, run_path, probe)
-    return recorder, GradientHealthCheck(recorder, config, verbose)
+    return recorder, GradientHealthCheck(recorder, config, verbose, setting_names)

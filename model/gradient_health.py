@@ -20,11 +20,11 @@ same checks later from `gradients.csv`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from model.config import MonitorConfig
+from model.config import MonitorConfig, name_settings
 
 MIN_STEPS = 10  # fewer kept steps than this: too early to judge
 
@@ -126,7 +126,7 @@ def check_exploding(rows: Sequence[dict[str, float]], layers: Sequence[dict[str,
     if grew:
         signs.append(f"{worst} grew {growth[worst]:.1f}x since the start")
     return Finding("exploding", "exploding gradients: " + "; ".join(signs) +
-                   ". Remedy: keep clipping on (--clipnorm 1.0), lower --learning-rate, or use --cell lstm/gru",
+                   ". Remedy: keep clipping on ({clipnorm} 1.0), lower {learning_rate}, or use {cell} lstm/gru",
                    evidence)
 
 
@@ -159,13 +159,14 @@ def check_vanishing(rows: Sequence[dict[str, float]], layers: Sequence[dict[str,
     return Finding(
         "vanishing",
         "vanishing gradients: " + "; ".join(signs) + f"; the training loss improved only {improvement:.1%} "
-        "over the recent steps. Remedy: use --cell lstm or gru, shorten --seq-len/--window, "
-        "or raise --learning-rate", evidence)
+        "over the recent steps. Remedy: use {cell} lstm or gru, shorten {seq_len}/{window}, "
+        "or raise {learning_rate}", evidence)
 
 
 def diagnose(rows: Sequence[dict[str, float]], layers: Sequence[dict[str, Any]],
              initial_weight_norms: dict[str, float], config: MonitorConfig,
-             through_time: Optional[dict[str, float]] = None) -> list[Finding]:
+             through_time: Optional[dict[str, float]] = None,
+             setting_names: Optional[Mapping[str, str]] = None) -> list[Finding]:
     """Every detector on the rows so far.
 
     Args:
@@ -175,6 +176,7 @@ def diagnose(rows: Sequence[dict[str, float]], layers: Sequence[dict[str, Any]],
         config: Thresholds.
         through_time: The latest through-time measurement, if any
             (`{"first_to_last": ...}`).
+        setting_names: How the remedies name settings (`model.config.name_settings`).
 
     Returns:
         The findings (empty for a healthy run, or too early to tell).
@@ -183,7 +185,7 @@ def diagnose(rows: Sequence[dict[str, float]], layers: Sequence[dict[str, Any]],
         return []
     findings = [check_exploding(rows, layers, initial_weight_norms, config),
                 check_vanishing(rows, layers, config, through_time)]
-    return [f for f in findings if f is not None]
+    return [dataclasses.replace(f, message=name_settings(f.message, setting_names)) for f in findings if f is not None]
 
 
 def summarize(rows: Sequence[dict[str, float]], layers: Sequence[dict[str, Any]],

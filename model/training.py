@@ -20,7 +20,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional, Protocol
+from typing import Any, Iterable, Mapping, Optional, Protocol
 
 import keras
 import tensorflow as tf
@@ -174,7 +174,8 @@ def standard_callbacks(run: RunDirectory, config: TrainingConfig,
 def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dataset,
           run: RunDirectory, config: TrainingConfig, optimizer_config: OptimizerConfig,
           extra_callbacks: Iterable[keras.callbacks.Callback] = (),
-          probe: Optional[tuple[Any, Any]] = None, steps_per_epoch: Optional[int] = None) -> TrainingResult:
+          probe: Optional[tuple[Any, Any]] = None, steps_per_epoch: Optional[int] = None,
+          setting_names: Optional[Mapping[str, str]] = None) -> TrainingResult:
     """Fit a compiled model with the standard callbacks, then load its best weights.
 
     Args:
@@ -190,6 +191,8 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
             check at each epoch end (see `GradientRecorder`).
         steps_per_epoch: Batches per epoch when `train_data` repeats
             endlessly; None: `config.steps_per_epoch`.
+        setting_names: How the gradient monitor's remedies name settings
+            (the command line's flags; `model.config.name_settings`).
 
     Returns:
         A `TrainingResult`; the model holds the weights of the best epoch.
@@ -212,7 +215,7 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
     callbacks = standard_callbacks(run, config, optimizer_config) + [meter, *extra_callbacks]
     health = None
     if config.monitor.enabled and hasattr(model, "monitor_gradients"):
-        recorder, health = gradient_callbacks(config.monitor, run.path, probe=probe)
+        recorder, health = gradient_callbacks(config.monitor, run.path, probe=probe, setting_names=setting_names)
         # After BackupAndRestore (which restores the weights they read first), before
         # CSVLogger and TensorBoard (which then log the epoch summaries the recorder adds).
         after_backup = sum(isinstance(c, keras.callbacks.BackupAndRestore) for c in callbacks)
@@ -258,7 +261,8 @@ def train(model: keras.Model, train_data: tf.data.Dataset, val_data: tf.data.Dat
 
 def run_job(task: Task, model_config: ModelConfig, optimizer_config: OptimizerConfig,
             training_config: TrainingConfig, output: str | Path,
-            extra_callbacks: Iterable[keras.callbacks.Callback] = ()) -> dict[str, Any]:
+            extra_callbacks: Iterable[keras.callbacks.Callback] = (),
+            setting_names: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
     """Train, evaluate, export and test one task; write summary.json.
 
     Args:
@@ -268,6 +272,7 @@ def run_job(task: Task, model_config: ModelConfig, optimizer_config: OptimizerCo
         training_config: Epochs, batch size, run directory, strategy, monitor...
         output: `saved_models/<name>`; each run adds the next version.
         extra_callbacks: More Keras callbacks for `fit` (e.g. a test's fault injector).
+        setting_names: How messages name settings (the command line passes its flags).
 
     Returns:
         The summary written to `runs/<run-id>/summary.json`.
@@ -289,7 +294,7 @@ def run_job(task: Task, model_config: ModelConfig, optimizer_config: OptimizerCo
             task.compile(model, optimizer)
         probe = task.probe(model, validation)
         result = train(model, train_data, validation, run, training_config, optimizer_config, extra_callbacks,
-                       probe, steps_per_epoch)
+                       probe, steps_per_epoch, setting_names)
         evaluation = task.evaluate(model, validation)
         version_dir = task.export(model, place.output(output), run.run_id, evaluation)
         tested = task.test(model, run, evaluation)

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from model import config as settings
 from model.config import (
     InvalidSetting,
     ModelConfig,
@@ -35,8 +36,6 @@ from model.config import (
     UsageError,
 )
 
-# Field name -> the flag that sets it, filled as flags are generated: how errors name a setting.
-FLAG_NAMES: dict[str, str] = {"output": "--output"}
 _LIST_TYPES = {"tuple[float, ...]": float, "tuple[str, ...]": str}
 _SCALAR_TYPES = {"int": int, "float": float, "str": str}
 
@@ -51,6 +50,15 @@ class ArgumentParser(argparse.ArgumentParser):
 def flag_of(field: dataclasses.Field) -> str:
     """The flag that sets a field: its own `flag`, else `--<name-with-dashes>`."""
     return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def _setting_flags() -> dict[str, str]:
+    """Field name -> the flag that sets it, for every config dataclass: how the command line names a setting."""
+    configs = [value for value in vars(settings).values()
+               if isinstance(value, type) and dataclasses.is_dataclass(value)]
+    flags = {field.name: flag_of(field) for config in configs for field in dataclasses.fields(config)
+             if field.metadata.get("cli", True)}
+    return {**flags, "clip_value": "--clipnorm", "clipnorm": "--clipnorm", "output": "--output"}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_type: type, title: str, defaults: Any = None,
@@ -71,7 +79,6 @@ def add_config_flags(parser: argparse.ArgumentParser, config_type: type, title: 
         if not field.metadata.get("cli", True) or field.name in exclude:
             continue
         flag, default, help_text = flag_of(field), getattr(defaults, field.name), field.metadata.get("help", "")
-        FLAG_NAMES[field.name] = flag
         if field.type == "bool":  # a switch: --bidirectional turns on, --no-grad-monitor turns off
             group.add_argument(flag, dest=field.name, action="store_false" if default else "store_true",
                                help=help_text)
@@ -135,8 +142,11 @@ class flag_names:
 
     def __exit__(self, kind, error, traceback):
         if isinstance(error, InvalidSetting):
-            raise UsageError(error.with_names({**FLAG_NAMES, **self.extra})) from None
+            raise UsageError(error.with_names({**SETTING_FLAGS, **self.extra})) from None
         return False
+
+
+SETTING_FLAGS = _setting_flags()
 
 
 def add_model_flags(parser: argparse.ArgumentParser, default_units: int = 256, embedding: bool = False) -> None:

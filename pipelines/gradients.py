@@ -146,7 +146,7 @@ def report(run_dir: Path, out: Optional[Path]) -> dict[str, Any]:
     measured = json.loads(summary_path.read_text()).get("gradient_health", {}).get("through_time") \
         if summary_path.is_file() else None
     findings = gradient_health.diagnose(rows, layout["layers"], layout["initial_weight_norms"], config,
-                                        measured[-1] if measured else None)
+                                        measured[-1] if measured else None, cli.SETTING_FLAGS)
     summary = gradient_health.summarize(rows, layout["layers"], layout["initial_weight_norms"], findings, None)
     plt = pyplot()
     steps = [row["step"] for row in rows]

@@ -247,7 +247,8 @@ class SeriesTask:
 def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConfig, model_config: ModelConfig,
                        optimizer_config: OptimizerConfig, training_config: TrainingConfig, output: str | Path,
                        refit_every: int = 0, refit_epochs: int = 1,
-                       extra_callbacks: Iterable[Any] = (), adapt_rate: Optional[float] = None) -> dict[str, Any]:
+                       extra_callbacks: Iterable[Any] = (), adapt_rate: Optional[float] = None,
+                       setting_names: dict[str, str] | None = None) -> dict[str, Any]:
     """Fit the scaling on the training span, train, export, then walk forward through the test span.
 
     Args:
@@ -257,6 +258,7 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
         adapt_rate: With an interval, the step size of its adaptive
             recalibration through the test span (`pipelines.intervals`);
             None: the rate that guarantees the coverage within 3 points.
+        setting_names: How messages name settings (`model.config.name_settings`).
 
     Returns:
         The summary written to `runs/<run-id>/summary.json`.
@@ -265,7 +267,8 @@ def train_series_model(series: PriceSeries, split: Split, forecast: ForecastConf
 
     task = SeriesTask(series, split, forecast, BacktestConfig(refit_every, refit_epochs, adapt_rate), optimizer_config,
                       Path(output).name)
-    return training.run_job(task, model_config, optimizer_config, training_config, output, extra_callbacks)
+    return training.run_job(task, model_config, optimizer_config, training_config, output, extra_callbacks,
+                            setting_names)
 
 
 def format_report(summary: dict[str, Any]) -> str:
@@ -321,7 +324,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cli.quiet_tensorflow(args.verbose)
     summary = train_series_model(series, split, forecast, model_config, optimizer_config, training_config,
                                  args.output, refits.refit_every, refits.refit_epochs,
-                                 adapt_rate=refits.interval_adapt_rate)
+                                 adapt_rate=refits.interval_adapt_rate, setting_names=cli.SETTING_FLAGS)
     print("\n" + format_report(summary))
     if not summary["chief"]:
         print(f"{summary['worker']} done: the chief writes the run directory and the export")

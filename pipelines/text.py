@@ -105,8 +105,8 @@ class TextTask:
 
 def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config: OptimizerConfig,
                      training_config: TrainingConfig, seq_len: int, output: str | Path,
-                     data_config: dict[str, Any] | None = None,
-                     extra_callbacks: Iterable[Any] = ()) -> dict[str, Any]:
+                     data_config: dict[str, Any] | None = None, extra_callbacks: Iterable[Any] = (),
+                     setting_names: dict[str, str] | None = None) -> dict[str, Any]:
     """Build, train, evaluate and export a next-token model; write summary.json.
 
     Args:
@@ -118,6 +118,7 @@ def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config
         output: `saved_models/<name>`.
         data_config: Data settings to record in summary.json.
         extra_callbacks: More Keras callbacks for `fit`.
+        setting_names: How messages name settings (`model.config.name_settings`).
 
     Returns:
         The summary written to `runs/<run-id>/summary.json`.
@@ -125,7 +126,8 @@ def train_text_model(data: TextData, model_config: ModelConfig, optimizer_config
     from model import training
 
     task = TextTask(data, seq_len, Path(output).name, data_config)
-    return training.run_job(task, model_config, optimizer_config, training_config, output, extra_callbacks)
+    return training.run_job(task, model_config, optimizer_config, training_config, output, extra_callbacks,
+                            setting_names)
 
 
 def show_exported_model(version_dir: str, sampling: SamplingConfig) -> None:
@@ -170,7 +172,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     cli.quiet_tensorflow(args.verbose)
     summary = train_text_model(
         data, model_config, optimizer_config, training_config, data_config.seq_len, args.output,
-        data_config={"corpus": corpus, "val_fraction": data_config.val_fraction, "max_vocab": data_config.max_vocab})
+        data_config={"corpus": corpus, "val_fraction": data_config.val_fraction, "max_vocab": data_config.max_vocab},
+        setting_names=cli.SETTING_FLAGS)
     unit = data.token_level
     print(f"\nValidation loss {summary['val_loss_nats_per_token']:.4f} nats/{unit} = "
           f"{summary['val_bits_per_token']:.4f} bits/{unit}, perplexity {summary['val_perplexity']:.2f}; "

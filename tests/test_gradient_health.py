@@ -306,3 +306,21 @@ def test_a_huge_update_that_leaves_weights_non_finite_stops_training():
     model.fit(x, np.full((16, 1), 5.0, np.float32), batch_size=8, epochs=2, callbacks=[recorder, monitor], verbose=0)
     assert "training diverged at step 1" in monitor.diagnosis
     assert "this step's update left" in monitor.diagnosis and "non-finite" in monitor.diagnosis
+
+
+def test_remedies_name_fields_and_the_command_line_names_its_flags():
+    """model/ names settings by their fields; the pipelines' CLIs pass their flags instead."""
+    from pipelines import cli
+
+    diagnoses = {}
+    for names in (None, cli.SETTING_FLAGS):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4, 2))
+        model = MonitoredModel(inputs, keras.layers.Dense(1, name="head")(keras.layers.SimpleRNN(3)(inputs)))
+        model.compile(optimizer=keras.optimizers.SGD(3e38), loss="mse")  # no clipping, an infinite step
+        x = np.random.default_rng(0).normal(size=(16, 4, 2)).astype(np.float32)
+        callbacks = gradient_callbacks(MonitorConfig(), verbose=False, setting_names=names)
+        model.fit(x, np.full((16, 1), 5.0, np.float32), batch_size=8, epochs=1, callbacks=list(callbacks), verbose=0)
+        diagnoses[names is None] = callbacks[1].diagnosis
+    assert "(clipnorm 1.0), lower learning_rate, or use cell lstm/gru" in diagnoses[True]
+    assert "(--clipnorm 1.0), lower --learning-rate, or use --cell lstm/gru" in diagnoses[False]

@@ -72,7 +72,6 @@ def test_bad_settings_are_one_line_errors_that_name_the_field_or_the_flag(config
     with pytest.raises(UsageError) as error:
         config.validate()
     assert message in str(error.value) and "\n" not in str(error.value) and "--" not in str(error.value)
-    cli.add_config_flags(cli.ArgumentParser(), type(config), "settings")  # registers the flags' names
     clipping = {"clip_value": "--" + config.clip} if isinstance(config, OptimizerConfig) else {}
     with pytest.raises(UsageError) as error, cli.flag_names(**clipping):
         config.validate()
