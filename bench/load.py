@@ -71,7 +71,7 @@ def resident_mib(pid: int) -> float:
 def client_process(target: str, requests_per_client: int, seed: int, done: "multiprocessing.Queue",
                    progress: "multiprocessing.Value") -> None:
     """THREADS clients in one process; puts (kind, seconds, error or "") for every request."""
-    from serving.client import PredictionClient, ServingCallError
+    from serving.prediction_client import PredictionClient, ServingCallError
 
     prices = np.linspace(25.0, 27.0, WINDOW, dtype=np.float32)[None, :, None]
 

@@ -41,8 +41,8 @@ from bench.text import RESULTS, environment  # noqa: E402
 from model.builders import build_next_token_model  # noqa: E402
 from model.config import ModelConfig  # noqa: E402
 from model.text_export import export_text_model  # noqa: E402
-from serving.client import PredictionClient  # noqa: E402
 from serving.demo import free_port  # noqa: E402
+from serving.prediction_client import PredictionClient  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "It was the best of times, it was the wor"  # 40 characters

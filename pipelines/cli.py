@@ -216,15 +216,21 @@ def existing_file(path: str | os.PathLike, flag: str, expected: str) -> Path:
 def quiet_tensorflow(verbose: bool = False) -> None:
     """Import TensorFlow with its C++ start-up notices kept off the terminal; called once, by each entry point.
 
-    TensorFlow 2.21 writes its CUDA-probing lines before absl logging is
-    initialised, so even TF_CPP_MIN_LOG_LEVEL=3 lets them through: they are
-    caught by pointing stderr at a file for the import alone (shown if the
-    import fails). The level, 3, hides the later notices (oneDNN, cuInit).
-    Nothing is hidden with `verbose`, or when the user set TF_CPP_MIN_LOG_LEVEL.
+    TensorFlow 2.21 writes its CUDA-probing lines while it is imported, before
+    absl logging is initialised, so even TF_CPP_MIN_LOG_LEVEL=3 lets them
+    through: they are caught by pointing stderr at a file for the import alone
+    (and shown if the import fails). After it, TF_CPP_MIN_LOG_LEVEL=3 (unless
+    the user set a level) hides the rest (oneDNN, cuInit). Nothing is hidden
+    with `verbose` or TF_CPP_MIN_LOG_LEVEL=0. The server's commands do the same
+    (`serving/quiet.py`: serving shares no code with training).
     """
-    if verbose or "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules:  # imported already (a test calling `main`): nothing left to quiet
         return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if verbose or os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
+        importlib.import_module("tensorflow")
+        return
     sys.stderr.flush()
     saved, captured = os.dup(2), tempfile.TemporaryFile()
     try:

@@ -11,6 +11,7 @@ all through `serving.client`, then stops the server with SIGTERM.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from serving.client import PredictionClient
+from serving import quiet
 
 
 def free_port() -> int:
@@ -39,10 +40,16 @@ def last_prices(days: int) -> tuple[np.ndarray, str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_config_file", default="serving/models.config")
+    quiet.add_verbose_flag(parser)
     args = parser.parse_args(argv)
+    environment = dict(os.environ)  # as the user set it: the server quiets TensorFlow itself
+    quiet.import_tensorflow(args.verbose)
+    from serving.prediction_client import PredictionClient  # imports TensorFlow: only now
+
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "serving.server", "--model_config_file", args.model_config_file,
-                               "--port", str(port), "--enable_batching"], stdout=subprocess.PIPE, text=True)
+                               "--port", str(port), "--enable_batching", *(["--verbose"] if args.verbose else [])],
+                              stdout=subprocess.PIPE, text=True, env=environment)
     try:
         print(server.stdout.readline().rstrip())
         target = f"127.0.0.1:{port}"

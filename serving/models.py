@@ -31,7 +31,14 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving.saved_model_bundle import SavedModelBundle, Signature, error_message, load_bundle, status_code
+from serving.saved_model_bundle import (
+    SavedModelBundle,
+    Signature,
+    error_message,
+    load_bundle,
+    signature_key,
+    status_code,
+)
 
 log = logging.getLogger("serving")
 
@@ -77,7 +84,7 @@ class LoadedVersion:
             ServingError: FAILED_PRECONDITION for an unknown signature, as TensorFlow Serving answers
                 (`predict_util.cc`).
         """
-        name = name or "serving_default"
+        name = signature_key(name)
         signatures = self.bundle.signatures
         if name not in signatures:
             raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -148,7 +155,7 @@ def check_tf_example_signature(loaded: LoadedVersion, signature_name: str, kind:
     Raises:
         ServingError: INVALID_ARGUMENT naming the check that fails; UNIMPLEMENTED past them.
     """
-    key = signature_name or "serving_default"
+    key = signature_key(signature_name)
     if key not in loaded.bundle.signatures:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"No signature was found with the name: {key}")
     definition = loaded.bundle.signatures[key].definition

@@ -39,6 +39,7 @@ import tensorflow as tf
 from google.protobuf import json_format
 
 from serving.models import ServingError, check_tf_example_signature, signature_def_map, status_response
+from serving.requests import ModelQuery
 
 # The URL grammar of http_rest_api_util.cc, matched (whole) against the path with its query string.
 V1_PATH = re.compile(r"/v1/.*", re.IGNORECASE)
@@ -206,6 +207,10 @@ def _stack(rows: list, spec: tf.TensorSpec, name: str) -> np.ndarray:
 def decode_json(body: dict[str, Any], signature) -> tuple[dict[str, np.ndarray], bool]:
     """The request's inputs as arrays, and whether it used the row ("instances") format.
 
+    Returns:
+        Exactly the signature's inputs (names are checked here, with TensorFlow Serving's REST messages),
+        and True for the row format.
+
     Raises:
         ServingError: INVALID_ARGUMENT (400) with TensorFlow Serving's reason.
     """
@@ -316,12 +321,14 @@ def parse_body(data: bytes) -> dict[str, Any]:
 # -- the server -------------------------------------------------------------------------------------
 
 class RestServer:
-    """A threaded HTTP server over the gRPC server's prediction and model services.
+    """A threaded HTTP server over the gRPC server's Predict path and model manager.
 
     Args:
-        predictions: The `serving.server.PredictionService`.
+        predictions: The `serving.prediction.Predictor`.
         models: The `ModelManager`.
         host, port: Where to listen (port 0: any free port).
+        metrics: The server's metrics (None: no metrics endpoint).
+        metrics_path: Where they are answered.
     """
 
     def __init__(self, predictions, models, host: str, port: int, metrics=None, metrics_path: Optional[str] = None):
@@ -448,14 +455,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _predict(self, name: str, version: Optional[int], label: Optional[str]) -> str:
         body = self._read_body()
-        layout = {}
-
-        def decode(signature):
-            arrays, layout["rows"] = decode_json(body, signature)
-            return arrays
-
-        _, _, outputs = self.predictions.predict_arrays(name, version, label, body.get("signature_name", ""), decode)
-        return encode_json(outputs, layout["rows"])
+        query = ModelQuery(name, version, label, body.get("signature_name", ""))
+        with self.predictions.observed(query):
+            target = self.predictions.resolve(query)
+            inputs, rows = decode_json(body, target.signature)
+            outputs = self.predictions.predict(target, inputs)
+        return encode_json(outputs, rows)
 
     def _tf_example(self, name: str, version: Optional[int], label: Optional[str], verb: str) -> None:
         """:classify and :regress: the checks of Classify and Regress (the models have Predict signatures)."""

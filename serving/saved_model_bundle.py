@@ -33,6 +33,7 @@ WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 VARIABLES_INDEX = Path("variables") / "variables.index"
 MAX_WARMUP_RECORDS = 1000  # WarmupConsts::kMaxNumRecords
 SERVE_TAG = "serve"
+DEFAULT_SIGNATURE = "serving_default"  # what a request that names no signature runs (kDefaultServingSignatureDefKey)
 
 
 class WarmupError(Exception):
@@ -58,6 +59,11 @@ def status_code(error: BaseException) -> grpc.StatusCode:
     if isinstance(error, tf.errors.OpError):
         return _CODES.get(error.error_code, grpc.StatusCode.UNKNOWN)
     return grpc.StatusCode.UNKNOWN
+
+
+def signature_key(name: str) -> str:
+    """The signature a request names: its `signature_name`, or `DEFAULT_SIGNATURE` when that is empty."""
+    return name or DEFAULT_SIGNATURE
 
 
 def tensor_spec(info: meta_graph_pb2.TensorInfo) -> tf.TensorSpec:
@@ -219,7 +225,7 @@ def replay_warmup(version_dir: Path, predict: Callable[[predict_pb2.PredictReque
         try:
             predict(log.predict_log.request)
         except Exception as error:  # noqa: BLE001 - any failure refuses the version
-            signature = log.predict_log.request.model_spec.signature_name or "serving_default"
+            signature = signature_key(log.predict_log.request.model_spec.signature_name)
             raise WarmupError(f"warmup record {count + 1} (signature {signature!r}) failed: "
                               f"{error_message(error)}", status_code(error)) from None
         count += 1

@@ -122,11 +122,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(config: Path, *flags: str, port: int = 0) -> tuple[subprocess.Popen, str]:
-    """`python -m serving.server` as another process; returns it and its `host:port` once it serves."""
+def start_server(config: Path, *flags: str, port: int = 0, stderr=subprocess.DEVNULL,
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`python -m serving.server` as another process; returns it and its `host:port` once it serves.
+
+    `stderr` and `env` are passed to Popen (default: stderr discarded, this process's environment).
+    """
     process = subprocess.Popen(
         [sys.executable, "-m", "serving.server", "--model_config_file", str(config), "--port", str(port), *flags],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
     watchdog = threading.Timer(180, process.kill)  # a server that never comes up fails the test, not hangs it
     watchdog.start()
     try:
@@ -162,7 +166,7 @@ class LoopingClients:
     def __init__(self, target, prompts: list[str], count: int = 4, timeout: float = 60):
         import numpy as np
 
-        from serving.client import PredictionClient, ServingCallError
+        from serving.prediction_client import PredictionClient, ServingCallError
 
         self.answers, self.errors, self._stop = [], [], threading.Event()
 

@@ -232,7 +232,7 @@ SERVER_CASES = [
 # ----------------------------------------------------------------------------- client
 def client_call(call: Callable[[Any], Any], **client_options) -> Callable[[dict], tuple[str, str]]:
     def send(served):
-        from serving.client import PredictionClient, ServingCallError
+        from serving.prediction_client import PredictionClient, ServingCallError
 
         try:
             with PredictionClient(client_options.pop("target", served["target"]), "text", **client_options) as client:
@@ -344,7 +344,7 @@ def served(exported_lstm, exported_stock, tmp_path_factory):
 
 
 def still_serving(served) -> None:
-    from serving.client import PredictionClient
+    from serving.prediction_client import PredictionClient
 
     assert served["process"].poll() is None, "the server died"
     with PredictionClient(served["target"], "text") as client:

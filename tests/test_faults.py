@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving.client import PredictionClient
 from serving.models import complete_versions
+from serving.prediction_client import PredictionClient
 
 from conftest import LoopingClients, copy_version, free_port, start_server
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving.client import channel_target
+from serving.prediction_client import channel_target
 
 from conftest import LoopingClients, copy_version, free_port, start_server
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from serving import config as tfs_config
-from serving.server import RequestLimits, build_parser
+from serving.limits import RequestLimits
+from serving.server import build_parser
 
 from conftest import copy_version, free_port, start_server
 

@@ -20,8 +20,8 @@ from tensorflow_serving.apis import model_pb2, predict_pb2
 
 from model.export import WARMUP_FILE, write_warmup_requests
 from serving.batching import BatchingOptions
-from serving.client import PredictionClient, ServingCallError
-from serving.server import Server
+from serving.lifecycle import Server
+from serving.prediction_client import PredictionClient, ServingCallError
 
 from conftest import copy_version
 
@@ -202,7 +202,7 @@ def test_without_batching_a_scalar_where_the_signature_declares_a_batch_is_refus
 
 def test_batched_outputs_without_a_batch_dimension_fail_with_failed_precondition():
     from serving.models import ServingError
-    from serving.server import check_batched_outputs
+    from serving.prediction import check_batched_outputs
 
     with pytest.raises(ServingError, match="Batched output tensor has 0 dimensions") as scalar:
         check_batched_outputs({"seq_len": np.array(20)}, rows=1)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving.client import PredictionClient, ServingCallError
+from serving.prediction_client import PredictionClient, ServingCallError
 
 from conftest import copy_version, free_port, start_server
 

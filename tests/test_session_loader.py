@@ -326,9 +326,9 @@ def test_every_exports_warmup_file_replays_under_the_session_loader_with_batchin
     """What TensorFlow Serving does when it loads a version with batching on: every record must succeed."""
     from serving.batching import BatchingOptions, BatchScheduler
     from serving.models import load_version
-    from serving.server import PredictionService
+    from serving.prediction import Predictor
 
-    service = PredictionService(None, BatchScheduler(BatchingOptions(batch_timeout_micros=0)))
+    service = Predictor(None, BatchScheduler(BatchingOptions(batch_timeout_micros=0)))
     for name, version in exports.items():
         loaded = load_version(name, 1, version)
         try:
