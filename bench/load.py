@@ -7,7 +7,7 @@ The server runs as its own process with `make serve`'s settings (batching on)
 and serves an LSTM-256 character model and an LSTM stock model. The clients
 are 4 processes × 4 threads, each thread with its own channel, sending a mix
 of next-token (70%), generate (10%, 20 characters) and next-value (20%)
-requests through `serving.client`. Recorded: errors (the goal is zero), p50
+requests through `serving.prediction_client`. Recorded: errors (the goal is zero), p50
 and p99 latency per kind, throughput, and the server's resident memory
 after warm-up (the first 10% of requests) and at the end (goal: < 10% growth).
 Results: `bench/results/load.json`; the README's table is printed.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import random
 import signal
 import sys
@@ -27,9 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

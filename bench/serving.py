@@ -19,7 +19,6 @@ Results: `bench/results/serving.json`; the README's table is printed.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -30,19 +29,17 @@ import time
 from concurrent import futures
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
-
-from bench.text import RESULTS, environment  # noqa: E402
-from model.builders import build_next_token_model  # noqa: E402
-from model.config import ModelConfig  # noqa: E402
-from model.text_export import export_text_model  # noqa: E402
-from serving.demo import free_port  # noqa: E402
-from serving.prediction_client import PredictionClient  # noqa: E402
+from bench.text import RESULTS, environment
+from model.builders import build_next_token_model
+from model.config import ModelConfig
+from model.text_export import export_text_model
+from serving.demo import free_port
+from serving.prediction_client import PredictionClient
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "It was the best of times, it was the wor"  # 40 characters
