@@ -1,12 +1,14 @@
-"""Benchmarks of the text pipeline: training throughput, generation speed, quality.
+"""Benchmarks of the text pipeline: training throughput (also against PyTorch), generation speed, quality.
 
-    python -m bench.text                         # all three (about 20 minutes on 2 cores)
-    python -m bench.text --only throughput,generation
+    python -m bench.text                         # all four (about 25 minutes on 2 cores)
+    python -m bench.text --only throughput,peers,generation
     python -m bench.text --quality-minutes 15
 
 Every speed is measured against a baseline run in the same process, and
 reported as a ratio: these machines are noisy, ratios much less so. Results
 go to `bench/results/text_<benchmark>.json`; the README's table is printed.
+The PyTorch peer (`peers`) needs `pip install -r bench/requirements-peers.txt`;
+without it, that benchmark says so and is skipped.
 
 Corpus: tiny Shakespeare from `../shared/data/tinyshakespeare.txt` when it is
 there; otherwise throughput and generation use CPython's reference docs and
@@ -106,6 +108,123 @@ def bench_throughput(corpus_name: str, text: str, repeats: int = 3, steps: int =
         "target_ratio": 0.95, "runs": {"pipeline": pipeline, "bare_fit": bare},
     }
     save("throughput", result)
+    return result
+
+
+# -- 1b. training throughput against PyTorch, side by side ------------------------------
+
+PEER_REQUIREMENTS = "bench/requirements-peers.txt"
+
+
+def torch_chars_per_second(data, cell: str, steps: int) -> float:
+    """The same model in PyTorch (`nn.Embedding` -> `nn.LSTM`/`nn.GRU` -> `nn.Linear`), the same batches and step."""
+    import torch
+
+    vocab = id_space_size(data.vocabulary)
+    rnn = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+
+    class CharModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(vocab, 64)
+            self.rnn = rnn(64, 256, batch_first=True)
+            self.logits = torch.nn.Linear(256, vocab)
+
+        def forward(self, x):
+            return self.logits(self.rnn(self.embedding(x))[0])
+
+    torch.manual_seed(0)
+    model = CharModel()
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    n = (len(data.train_ids) - 1) // SEQ_LEN
+    x = torch.from_numpy(data.train_ids[:n * SEQ_LEN].reshape(n, SEQ_LEN).astype(np.int64))
+    y = torch.from_numpy(data.train_ids[1:n * SEQ_LEN + 1].reshape(n, SEQ_LEN).astype(np.int64))
+
+    def step(i: int) -> None:
+        batch = slice(i * BATCH % (n - BATCH), i * BATCH % (n - BATCH) + BATCH)
+        loss = torch.nn.functional.cross_entropy(model(x[batch]).reshape(-1, vocab), y[batch].reshape(-1))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # clipping on, as in the pipelines
+        optimizer.step()
+
+    for i in range(2):  # warm up, as the Keras side traces its graph first
+        step(i)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    return steps * BATCH * SEQ_LEN / (time.perf_counter() - start)
+
+
+def profile_keras_step(data, cell: str, steps: int = 5, top: int = 12) -> dict:
+    """Where a Keras training step spends its time: TensorFlow's profiler, op time summed by op type.
+
+    Returns:
+        Wall milliseconds per step, op milliseconds per step (ops on different
+        threads overlap; between ops the executor runs the while loop), and the
+        `top` op types by time with their share of all op time.
+    """
+    import collections
+    import glob
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    n = (len(data.train_ids) - 1) // SEQ_LEN
+    x = data.train_ids[:n * SEQ_LEN].reshape(n, SEQ_LEN)
+    y = data.train_ids[1:n * SEQ_LEN + 1].reshape(n, SEQ_LEN)
+    model = builders.build_next_token_model(id_space_size(data.vocabulary), ModelConfig(cell=cell, units=256))
+    model.monitor_gradients = False
+    builders.compile_next_token_model(model, builders.make_optimizer(OptimizerConfig()))
+    model.fit(x, y, batch_size=BATCH, epochs=1, steps_per_epoch=2, verbose=0)
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        start = time.perf_counter()
+        model.fit(x, y, batch_size=BATCH, epochs=1, steps_per_epoch=steps, verbose=0)
+        wall = time.perf_counter() - start
+        tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(Path(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0]).read_bytes())
+    by_type = collections.Counter()
+    for plane in (p for p in space.planes if p.name == "/host:CPU"):
+        for line in (line for line in plane.lines if line.name.startswith("tf_Compute")):
+            for event in line.events:  # kernels are named "<node>:<OpType>"
+                name = plane.event_metadata[event.metadata_id].name
+                if ":" in name and not name.startswith(("Threadpool", "Executor")):
+                    by_type[name.rsplit(":", 1)[1]] += event.duration_ps / 1e9 / steps
+    total = sum(by_type.values())
+    return {"cell": cell, "wall_ms_per_step": wall * 1e3 / steps, "op_ms_per_step": total,
+            "top_ops": [{"op": op, "ms_per_step": ms, "share": ms / total} for op, ms in by_type.most_common(top)]}
+
+
+def bench_peers(corpus_name: str, text: str, repeats: int = 3, steps: int = 30) -> dict:
+    """Keras (Keras's own training step, as `bare_fit_chars_per_second`) against PyTorch, interleaved.
+
+    PyTorch is optional (`pip install -r bench/requirements-peers.txt`, a CPU
+    build); without it this benchmark says so and records nothing.
+    """
+    try:
+        import torch
+    except ImportError:
+        print(f"peer benchmark skipped: PyTorch is not installed (pip install -r {PEER_REQUIREMENTS})",
+              file=sys.stderr)
+        return {"skipped": f"torch not importable; pip install -r {PEER_REQUIREMENTS}"}
+    data = prepare_text(text, "char", SEQ_LEN)
+    cells = {}
+    for cell in ("lstm", "gru"):
+        keras_runs, torch_runs = [], []
+        for _ in range(repeats):  # interleaved: drifts in machine speed hit both alike
+            keras.backend.clear_session(free_memory=True)
+            keras_runs.append(bare_fit_chars_per_second(data, ModelConfig(cell=cell, units=256), steps))
+            torch_runs.append(torch_chars_per_second(data, cell, steps))
+        cells[cell] = {"keras_profile": profile_keras_step(data, cell),
+                       "keras_chars_per_second": statistics.median(keras_runs),
+                       "torch_chars_per_second": statistics.median(torch_runs),
+                       "ratio": statistics.median(keras_runs) / statistics.median(torch_runs),
+                       "runs": {"keras": keras_runs, "torch": torch_runs}}
+    result = {"corpus": corpus_name, "model": "embedding 64 -> {cell}-256 -> dense, seq-len 100, batch 64, "
+              "Adam 2e-3, clipping 1.0", "steps": steps, "torch": torch.__version__,
+              "torch_threads": torch.get_num_threads(), "cells": cells, "target_ratio": 1.0}
+    save("peers", result)
     return result
 
 
@@ -308,6 +427,12 @@ def table() -> str:
         rows.append(f"| training throughput, {r['model']} | pipeline {r['pipeline_chars_per_second']:,.0f} chars/s "
                     f"| bare `Model.fit` {r['bare_fit_chars_per_second']:,.0f} chars/s: ratio **{r['ratio']:.2f}** "
                     f"(target ≥ {r['target_ratio']}) |")
+    if "text_peers" in results and "cells" in results["text_peers"]:
+        r = results["text_peers"]
+        for cell, c in r["cells"].items():
+            rows.append(f"| training throughput against PyTorch {r['torch']} (CPU), {cell.upper()}-256 | Keras "
+                        f"{c['keras_chars_per_second']:,.0f} chars/s | PyTorch {c['torch_chars_per_second']:,.0f} "
+                        f"chars/s: ratio **{c['ratio']:.2f}** (target ≥ {r['target_ratio']}) |")
     if "text_generation" in results:
         r = results["text_generation"]
         batch_key = next(k for k in r if k.startswith("in_graph_") and k.endswith("prompts_chars_per_second"))
@@ -342,7 +467,7 @@ def table() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.text", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="throughput,generation,quality")
+    parser.add_argument("--only", default="throughput,peers,generation,quality")
     parser.add_argument("--quality-minutes", type=float, default=15.0)
     parser.add_argument("--quality-seq-len", type=int, default=QUALITY_SEQ_LEN)
     parser.add_argument("--quality-batch", type=int, default=QUALITY_BATCH)
@@ -351,6 +476,8 @@ def main(argv=None) -> int:
     corpus_name, text = load_corpus()
     if "throughput" in chosen:
         print(json.dumps(bench_throughput(corpus_name, text), indent=2))
+    if "peers" in chosen:
+        print(json.dumps(bench_peers(corpus_name, text), indent=2))
     if "generation" in chosen:
         print(json.dumps(bench_generation(corpus_name, text), indent=2))
     if "quality" in chosen:

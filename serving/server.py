@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="elements one request may send, all inputs together")
     parser.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0)
     parser.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0.0)
-    parser.add_argument("--max_workers", type=int, default=16)
+    parser.add_argument("--max_workers", type=int, default=None,
+                        help="request threads (default 16; with batching, at least twice max_batch_size, as "
+                             "TensorFlow Serving advises: a thread waits in the batch it joined)")
     parser.add_argument("--monitoring_config_file", default=None,
                         help="MonitoringConfig text proto: Prometheus metrics on the REST port")
     parser.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
@@ -105,10 +107,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             batching = BatchingOptions()
             if args.batching_parameters_file:
                 batching = BatchingOptions.from_proto(tfs_config.read_batching_parameters(args.batching_parameters_file))
+        max_workers = args.max_workers or max(16, 2 * batching.max_batch_size if batching else 0)
         monitoring = (tfs_config.read_monitoring_config(args.monitoring_config_file)
                       if args.monitoring_config_file else None)
         server = Server(args.model_config_file, args.host, args.port, args.file_system_poll_wait_seconds,
-                        args.model_config_file_poll_wait_seconds, args.max_workers, batching,
+                        args.model_config_file_poll_wait_seconds, max_workers, batching,
                         args.rest_api_port, monitoring,
                         RequestLimits(args.max_request_rows, args.max_request_elements),
                         args.allowed_model_root, args.allow_version_labels_for_unavailable_models,

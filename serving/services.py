@@ -108,7 +108,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response = predict_pb2.PredictResponse(model_spec=target.loaded.model_spec())
         response.model_spec.signature_name = target.signature.key
         for key, value in outputs.items():  # the typed fields, as TensorFlow Serving writes outputs
-            response.outputs[key].CopyFrom(tensors.to_proto_field(value))
+            tensors.to_proto_field(value, into=response.outputs[key])
         return response
 
     def GetModelMetadata(self, request, context):

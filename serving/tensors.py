@@ -73,26 +73,29 @@ _TYPED_FIELDS = {
 _TYPED_BY_ENUM = {enum: (dtype, field) for dtype, (enum, field) in _TYPED_FIELDS.items()}
 
 
-def to_proto_field(value) -> tensor_pb2.TensorProto:
+def to_proto_field(value, into: tensor_pb2.TensorProto | None = None) -> tensor_pb2.TensorProto:
     """An array as TensorFlow Serving writes a Predict output: dtype, shape and the typed field.
 
     Args:
         value: A NumPy array (or scalar) of a numeric or bool dtype, or an object array of bytes/str.
+        into: An empty TensorProto to fill in place (e.g. `response.outputs[key]`: no copy); None: a new one.
 
     Returns:
         The TensorProto, with every value in its `*_val` field and `tensor_content` empty.
     """
+    proto = tensor_pb2.TensorProto() if into is None else into
     array = np.asarray(value)
-    shape = _shape(array.shape)
+    proto.tensor_shape.SetInParent()  # present even for a scalar, as TensorFlow's AsProtoField writes it
+    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=n) for n in array.shape)
     if array.dtype == object or array.dtype.kind in "SU":
-        values = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in array.ravel().tolist()]
-        return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape, string_val=values)
-    if array.dtype == np.float16:
-        return tensor_pb2.TensorProto(dtype=types_pb2.DT_HALF, tensor_shape=shape,
-                                      half_val=array.ravel().view(np.uint16).tolist())
-    enum, field = _TYPED_FIELDS[array.dtype.newbyteorder("=")]
-    proto = tensor_pb2.TensorProto(dtype=enum, tensor_shape=shape)
-    getattr(proto, field).extend(array.ravel().tolist())
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in array.ravel().tolist())
+    elif array.dtype == np.float16:
+        proto.dtype = types_pb2.DT_HALF
+        proto.half_val.extend(array.ravel().view(np.uint16).tolist())
+    else:
+        proto.dtype, field = _TYPED_FIELDS[array.dtype.newbyteorder("=")]
+        getattr(proto, field).extend(array.ravel().tolist())
     return proto
 
 

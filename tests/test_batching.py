@@ -80,8 +80,8 @@ def test_options_from_the_batching_config():
 
     options = BatchingOptions.from_proto(read_batching_parameters(
         Path(__file__).resolve().parents[1] / "serving" / "batching.config"))
-    assert options == BatchingOptions(max_batch_size=32, batch_timeout_micros=2000, max_enqueued_batches=100,
-                                      pad_variable_length_inputs=True)
+    assert options == BatchingOptions(max_batch_size=32, batch_timeout_micros=0, max_enqueued_batches=100,
+                                      num_batch_threads=2, pad_variable_length_inputs=True)
 
 
 @pytest.mark.parametrize("value, expected", [("true", True), ("false", False)])
@@ -113,3 +113,63 @@ def test_an_idle_queue_and_its_thread_go_away_and_come_back_when_needed():
         deadline.wait(0.1)
     assert scheduler.queue_count == 0 and threading.active_count() <= before
     assert scheduler.run(("model", 9, "serving_default"), add_one, {"x": np.array([5.0])})["y"][0] == 6.0
+
+
+def test_with_timeout_0_a_lone_request_runs_at_once_on_its_own_thread():
+    threads = []
+
+    def record(inputs):
+        threads.append(threading.get_ident())
+        return {"y": inputs["x"]}
+
+    scheduler = BatchScheduler(BatchingOptions(batch_timeout_micros=0))
+    before = threading.active_count()
+    for _ in range(3):
+        assert scheduler.run("model", record, {"x": np.array([1.0])})["y"].tolist() == [1.0]
+    assert threads == [threading.get_ident()] * 3 and threading.active_count() == before  # no hand-off, no pool
+
+
+def test_requests_that_arrive_while_a_batch_runs_form_the_next_batch():
+    """Timeout 0 never waits, yet batches form: from the requests queued behind the running one."""
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def slow(inputs):
+        calls.append(len(inputs["x"]))
+        started.set()
+        release.wait(10)
+        return {"y": inputs["x"] + 1}
+
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=8, batch_timeout_micros=0, num_batch_threads=1))
+    first = threading.Thread(target=scheduler.run, args=("model", slow, {"x": np.array([0.0])}))
+    first.start()
+    started.wait(10)  # the only slot is busy: the next five queue up
+    followers = [threading.Thread(target=scheduler.run, args=("model", slow, {"x": np.array([float(i)])}))
+                 for i in range(1, 6)]
+    for thread in followers:
+        thread.start()
+    deadline = threading.Event()
+    while sum(len(q.tasks) for q in scheduler._queues.values()) < 5:
+        deadline.wait(0.01)
+    release.set()
+    for thread in [first, *followers]:
+        thread.join(10)
+    assert calls == [1, 5]
+
+
+@pytest.mark.parametrize("slots", [1, 2])
+def test_num_batch_threads_bounds_the_batches_running_at_once(slots):
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def slow(inputs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        threading.Event().wait(0.02)
+        with lock:
+            running[0] -= 1
+        return {"y": inputs["x"]}
+
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=1, batch_timeout_micros=0, num_batch_threads=slots))
+    results = run_concurrently(scheduler, slow, [{"x": np.array([float(i)])} for i in range(12)])
+    assert [r["y"].tolist() for r in results] == [[float(i)] for i in range(12)]
+    assert most[0] == slots and scheduler._running == 0

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from serving.tensors import to_array, to_proto
+from serving.tensors import to_array, to_proto, to_proto_field
 
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)
 NUMERIC = st.sampled_from([np.float32, np.float64, np.int32, np.int64]).flatmap(
@@ -78,3 +78,14 @@ def test_other_arrays_are_written_by_tensorflow():
                   np.array([1.0, 2.0], np.float32).astype(">f4"), np.float32(3.0), np.array([7], np.int64)):
         (ours, mine), (theirs, tf_result) = outcome(to_proto, array), outcome(tf.make_tensor_proto, array)
         assert ours == theirs and (mine == tf_result if ours == "ok" else mine is tf_result)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(st.one_of(NUMERIC, BYTES))
+def test_outputs_are_written_in_the_typed_fields_and_read_back_exactly(array):
+    """Predict outputs as TensorFlow Serving writes them (AsProtoField): typed `*_val`, a shape even for scalars."""
+    proto = to_proto_field(array)
+    assert not proto.tensor_content and proto.HasField("tensor_shape")
+    assert same(tf.make_ndarray(proto), array)
+    filled = tensor_pb2.TensorProto()
+    assert to_proto_field(array, into=filled) is filled and filled == proto  # in place: the same message
