@@ -39,8 +39,10 @@ test: lint
 	$(PY) -m pytest -q
 
 # Benchmarks are not tests: they write bench/results/*.json and print their tables (docs/benchmarks.md).
-# TF_CPP_MIN_LOG_LEVEL=3: TensorFlow's C++ notices off (the pipelines and the server have --verbose instead).
+# TF_CPP_MIN_LOG_LEVEL=3: TensorFlow's C++ notices off (the pipelines and the server have --verbose instead);
+# oneDNN on, as the pipelines turn it on (pipelines/cli.py: import_tensorflow).
 bench load: export TF_CPP_MIN_LOG_LEVEL ?= 3
+bench load: export TF_ENABLE_ONEDNN_OPTS ?= 1
 bench: $(INSTALLED)
 	$(PY) -m bench.text
 	$(PY) -m bench.series

@@ -10,8 +10,9 @@ for both pipelines.
 A bad value is a one-line error: a setting's message names the field
 (`InvalidSetting`); this module alone shows the flag instead. `run_main` prints
 a `UsageError` as one stderr line with exit status 2, a diverged training run
-(NaN or Inf) as its diagnosis with status 1. `quiet_tensorflow` keeps
-TensorFlow's C++ start-up notices off the terminal, unless `--verbose`.
+(NaN or Inf) as its diagnosis with status 1. `import_tensorflow` turns
+oneDNN on and keeps TensorFlow's C++ start-up notices off the terminal,
+unless `--verbose`.
 """
 
 from __future__ import annotations
@@ -213,8 +214,14 @@ def existing_file(path: str | os.PathLike, flag: str, expected: str) -> Path:
     return path
 
 
-def quiet_tensorflow(verbose: bool = False) -> None:
-    """Import TensorFlow with its C++ start-up notices kept off the terminal; called once, by each entry point.
+def import_tensorflow(verbose: bool = False) -> None:
+    """Import TensorFlow for training, once, from each entry point: oneDNN on, its C++ start-up notices off.
+
+    oneDNN's CPU kernels (TF_ENABLE_ONEDNN_OPTS=1, unless the user set it) are
+    off by default in this TensorFlow build; with them a GRU-256 trains about
+    1.3x faster on 2 cores (bench.text's peers benchmark: 20.9k -> 26.1k
+    chars/s, PyTorch 27-28k), an LSTM-256 about the same. The saved graphs do
+    not change: oneDNN rewrites them when they run.
 
     TensorFlow 2.21 writes its CUDA-probing lines while it is imported, before
     absl logging is initialised, so even TF_CPP_MIN_LOG_LEVEL=3 lets them
@@ -224,8 +231,9 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     with `verbose` or TF_CPP_MIN_LOG_LEVEL=0. The server's commands do the same
     (`serving/quiet.py`: serving shares no code with training).
     """
-    if "tensorflow" in sys.modules:  # imported already (a test calling `main`): nothing left to quiet
+    if "tensorflow" in sys.modules:  # imported already (a test calling `main`): too late for either
         return
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     if not verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if verbose or os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":

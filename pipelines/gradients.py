@@ -275,7 +275,7 @@ def through_time_command(args: argparse.Namespace) -> dict[str, Any]:
     if args.kind not in ("text", "series"):
         raise UsageError(f"--kind must be text or series, got {args.kind!r}")
     cells = comma_list(args.cells, CELLS, "--cells")
-    cli.quiet_tensorflow(args.verbose)  # TensorFlow loads once the flags are known to be good
+    cli.import_tensorflow(args.verbose)  # TensorFlow loads once the flags are known to be good
     from model.through_time import fit_decay
 
     if args.run:
@@ -307,7 +307,7 @@ def adding_command(args: argparse.Namespace) -> dict[str, Any]:
     clips = comma_list(args.clips, CLIP_KINDS, "--clips")
     lengths = positive_ints(args.lengths, "--lengths")
     require_positive(train_steps=args.train_steps, seeds=args.seeds, units=args.units)
-    cli.quiet_tensorflow(args.verbose)
+    cli.import_tensorflow(args.verbose)
     from pipelines.adding_problem import markdown_table, train_adding
 
     results = []
@@ -359,7 +359,7 @@ def exploding_command(args: argparse.Namespace) -> dict[str, Any]:
     require_positive(train_steps=args.train_steps)
     if not args.radius > 0 or args.seq_len < 2:
         raise UsageError(f"--radius must be > 0 and --seq-len >= 2, got {args.radius} and {args.seq_len}")
-    cli.quiet_tensorflow(args.verbose)
+    cli.import_tensorflow(args.verbose)
     rows = exploding_rows(args.radius, args.seq_len, args.train_steps, args.learning_rate)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -321,7 +321,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"target {series.target}, features {', '.join(series.features)}; "
           f"{series.missing_filled} missing cells forward-filled")
 
-    cli.quiet_tensorflow(args.verbose)
+    cli.import_tensorflow(args.verbose)
     summary = train_series_model(series, split, forecast, model_config, optimizer_config, training_config,
                                  args.output, refits.refit_every, refits.refit_epochs,
                                  adapt_rate=refits.interval_adapt_rate, setting_names=cli.SETTING_FLAGS)

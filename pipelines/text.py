@@ -169,7 +169,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"Corpus {corpus}: {len(data.train_ids):,} training and {len(data.val_ids):,} validation "
           f"{data.token_level}s, vocabulary {len(data.vocabulary)}")
 
-    cli.quiet_tensorflow(args.verbose)
+    cli.import_tensorflow(args.verbose)
     summary = train_text_model(
         data, model_config, optimizer_config, training_config, data_config.seq_len, args.output,
         data_config={"corpus": corpus, "val_fraction": data_config.val_fraction, "max_vocab": data_config.max_vocab},
