@@ -120,6 +120,7 @@ class BatchScheduler:
         self.options = options
         self.idle_seconds = idle_seconds
         self._queues: dict[Hashable, _Queue] = {}
+        self._next_sweep = 0.0  # idle queues are looked for at most every idle_seconds / 10, not per request
         self._running = 0  # batch slots taken: leaders at work
         self._lock = threading.Lock()
         self._arrivals = threading.Condition(self._lock)  # a leader waiting out a timeout hears new requests
@@ -161,7 +162,8 @@ class BatchScheduler:
 
     # -- queues (called with the lock held) -------------------------------------------------
     def _enqueue(self, key: Hashable, task: _Task) -> None:
-        self._forget_idle_queues(task.enqueued)
+        if task.enqueued >= self._next_sweep:
+            self._forget_idle_queues(task.enqueued)
         batch_queue = self._queues.setdefault(key, _Queue())
         if len(batch_queue.tasks) >= self.options.max_batch_size * self.options.max_enqueued_batches:
             raise QueueFull("too many requests waiting for this model; retry later")
@@ -171,6 +173,7 @@ class BatchScheduler:
         self._arrivals.notify()
 
     def _forget_idle_queues(self, now: float) -> None:
+        self._next_sweep = now + self.idle_seconds / 10
         for key in [k for k, q in self._queues.items() if not q.tasks and now - q.last_used >= self.idle_seconds]:
             del self._queues[key]
 
