@@ -13,7 +13,6 @@ start-up notices are quieted (`serving.quiet`).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Optional, Sequence
 
@@ -38,7 +37,7 @@ def parse_values(text: str) -> np.ndarray:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__.split("\n\n")[0])
+    parser = quiet.ArgumentParser(prog="python -m serving.client", description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="localhost:8500",
                         help="host:port, or several comma-separated replicas (round-robin)")
     parser.add_argument("--timeout", type=float, default=10.0)

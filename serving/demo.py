@@ -10,7 +10,6 @@ all through `serving.client`, then stops the server with SIGTERM.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -38,7 +37,7 @@ def last_prices(days: int) -> tuple[np.ndarray, str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m serving.demo", description=__doc__.split("\n\n")[0])
+    parser = quiet.ArgumentParser(prog="python -m serving.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model_config_file", default="serving/models.config")
     quiet.add_verbose_flag(parser)
     args = parser.parse_args(argv)

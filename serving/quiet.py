@@ -21,6 +21,13 @@ import tempfile
 LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (no usage block) with exit status 2, as the pipelines answer."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     """The `--verbose` flag every serving command takes."""
     parser.add_argument("--verbose", action="store_true",
