@@ -147,6 +147,12 @@ class SeriesTask:
         backtest_config: Refits and the interval's adaptation rate.
         optimizer_config: What the walk-forward refits train with.
         name: The model directory's name.
+
+    Attributes:
+        model_config, scaling, examples, batch_size, seed: What `build` and
+            `datasets` were given or fitted, in the job's order (`run_job`):
+            the export names the cell, the walk-forward refits train with the
+            same batch and seed on the same scaling.
     """
 
     def __init__(self, series: PriceSeries, split: Split, forecast: ForecastConfig, backtest_config: BacktestConfig,
@@ -155,6 +161,10 @@ class SeriesTask:
         self.optimizer_config = optimizer_config
         self.name = name
         self.log_features = [is_price_column(column, series.target) for column in series.features]
+        self.model_config: Optional[ModelConfig] = None  # set by build
+        self.scaling = self.examples = None  # set by datasets, with batch_size and seed
+        self.batch_size: Optional[int] = None
+        self.seed: Optional[int] = None
 
     def build(self, model_config: ModelConfig):
         from model.series_model import build_next_value_model
