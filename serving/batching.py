@@ -7,7 +7,8 @@ or its oldest request has waited `batch_timeout_micros` since it was enqueued;
 at most `num_batch_threads` batches run at once. Up to `max_batch_size` rows
 are concatenated along the batch dimension, run in one call, and the outputs
 split back by rows. With `pad_variable_length_inputs`, inputs whose other
-dimensions differ are padded (zeros, empty strings) to a common shape.
+dimensions differ are padded to a common shape with each tensor's first element, as
+TensorFlow Serving pads them.
 
 With a timeout of 0 (TensorFlow Serving's advice on CPU), a request that finds
 a free slot runs at once, and batches form from the requests that arrive while
@@ -102,10 +103,17 @@ class _Queue:
 
 
 def _pad_to(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """`array` padded at the end of each dimension but the first to `shape`, with its own first element.
+
+    As TensorFlow Serving pads (`batching_util.cc`: "First element of a tensor
+    is used as padding value"), which also refuses to pad an empty tensor.
+    """
     if array.shape[1:] == shape:
         return array
+    if array.size == 0:
+        raise ValueError("Got empty tensor in batch of non-empty tensors.")
     pad = [(0, 0)] + [(0, target - size) for size, target in zip(array.shape[1:], shape)]
-    return np.pad(array, pad, constant_values=b"" if array.dtype == object else 0)
+    return np.pad(array, pad, constant_values=array.flat[0])
 
 
 class BatchScheduler:

@@ -58,19 +58,38 @@ def test_a_faulty_request_fails_alone():
     assert good1["y"].tolist() == [2.0] and good2["y"].tolist() == [3.0]
 
 
-def test_variable_length_inputs_are_padded_when_asked():
+@pytest.mark.parametrize("short, long, padded", [
+    (np.array([[7.0, 1.0, 2.0]]), np.ones((1, 5)), [7.0, 1.0, 2.0, 7.0, 7.0]),
+    (np.array([[b"a", b"b"]], dtype=object), np.array([[b"x", b"y", b"z"]], dtype=object), [b"a", b"b", b"a"]),
+])
+def test_variable_length_inputs_are_padded_with_their_first_element_when_asked(short, long, padded):
     seen = []
 
-    def total(inputs):
-        seen.append(inputs["x"].shape)
-        return {"sum": inputs["x"].sum(axis=1)}
+    def echo(inputs):
+        seen.append(inputs["x"])
+        return {"y": inputs["x"]}
 
     scheduler = BatchScheduler(BatchingOptions(max_batch_size=8, batch_timeout_micros=200_000,
                                                pad_variable_length_inputs=True))
-    requests = [{"x": np.ones((1, 3))}, {"x": np.ones((1, 5))}]
-    results = run_concurrently(scheduler, total, requests)
-    assert [r["sum"].tolist() for r in results] == [[3.0], [5.0]]
-    assert seen == [(2, 5)]  # one merged call, the shorter input padded with zeros
+    results = run_concurrently(scheduler, echo, [{"x": short}, {"x": long}])
+    [merged] = seen  # one merged call; the shorter input padded as TensorFlow Serving pads (batching_util.cc)
+    assert merged.shape == (2, long.shape[1])
+    assert sorted(row.tolist() for row in merged) == sorted([padded, long[0].tolist()])  # in arrival order
+    assert results[0]["y"].tolist() == [padded] and results[1]["y"].tolist() == long.tolist()
+
+
+def test_an_empty_input_is_not_padded_and_runs_alone():
+    seen = []
+
+    def echo(inputs):
+        seen.append(inputs["x"].shape)
+        return {"y": inputs["x"]}
+
+    scheduler = BatchScheduler(BatchingOptions(max_batch_size=8, batch_timeout_micros=200_000,
+                                               pad_variable_length_inputs=True))
+    results = run_concurrently(scheduler, echo, [{"x": np.zeros((1, 0))}, {"x": np.ones((1, 4))}])
+    assert [r["y"].shape for r in results] == [(1, 0), (1, 4)]
+    assert sorted(seen) == [(1, 0), (1, 4)]  # the merge refused ("empty tensor"): each request ran alone
 
 
 def test_options_from_the_batching_config():
