@@ -57,7 +57,7 @@ VOCABULARY = [chr(c) for c in range(32, 127)]
 # TensorFlow's threads as `make serve` sets them for the server (docs/serving.md): one intra-op
 # thread (a one-row LSTM step is too small to split), two inter-op threads. This process's own
 # calls (the in-process baselines, the model's rows/s) use the same, so the ratios compare like
-# with like; batches of 32 run as fast either way (measured).
+# with like; batches of 32 run about as fast either way (measured; the ceiling takes the faster).
 INTRA_OP_THREADS, INTER_OP_THREADS = 1, 2
 SERVER_THREADS = ("--tensorflow_intra_op_parallelism", str(INTRA_OP_THREADS),
                   "--tensorflow_inter_op_parallelism", str(INTER_OP_THREADS))
@@ -151,7 +151,7 @@ def bench_ceilings(version: Path, requests: int = 1000) -> dict:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
     # The model's best rows/s: in this process (the server's thread settings) and in a fresh one
-    # with TensorFlow's default threads (which run batches of 32 faster); the ceiling takes the faster.
+    # with TensorFlow's default threads (either may be faster on a given day); the ceiling takes the faster.
     here = model_rows_per_second(version)
     fresh = subprocess.run([sys.executable, "-m", "bench.serving", "--model-rows-per-second", str(version)],
                            cwd=ROOT, capture_output=True, text=True, check=True)
