@@ -38,7 +38,7 @@ lint: $(INSTALLED)
 
 # Two pytest workers (pytest-xdist), one test file each at a time, so a module's fixtures (a server,
 # a trained model) are built once: the suite is mostly separate processes and waits, so two
-# workers on two cores take about 9 minutes instead of 14. TEST_WORKERS=0 runs it in this one process.
+# workers on two cores take 8-10 minutes instead of 14. TEST_WORKERS=0 runs it in this one process.
 TEST_WORKERS ?= 2
 test: lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
