@@ -116,8 +116,8 @@ def bench_throughput(corpus_name: str, text: str, repeats: int = 3, steps: int =
 PEER_REQUIREMENTS = "bench/requirements-peers.txt"
 
 
-def torch_chars_per_second(data, cell: str, steps: int) -> float:
-    """The same model in PyTorch (`nn.Embedding` -> `nn.LSTM`/`nn.GRU` -> `nn.Linear`), the same batches and step."""
+def torch_training_step(data, cell: str):
+    """The same model in PyTorch (`nn.Embedding` -> `nn.LSTM`/`nn.GRU` -> `nn.Linear`): a function of step i."""
     import torch
 
     vocab = id_space_size(data.vocabulary)
@@ -148,12 +148,39 @@ def torch_chars_per_second(data, cell: str, steps: int) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # clipping on, as in the pipelines
         optimizer.step()
 
+    return step
+
+
+def torch_chars_per_second(data, cell: str, steps: int) -> float:
+    """PyTorch's training speed on the same model and batches (`torch_training_step`)."""
+    step = torch_training_step(data, cell)
     for i in range(2):  # warm up, as the Keras side traces its graph first
         step(i)
     start = time.perf_counter()
     for i in range(steps):
         step(i)
     return steps * BATCH * SEQ_LEN / (time.perf_counter() - start)
+
+
+def profile_torch_step(data, cell: str, steps: int = 5, top: int = 6) -> dict:
+    """Where PyTorch's step spends its time (torch.profiler, self CPU time by op), to set beside Keras's.
+
+    It shows which kernels PyTorch picks: on CPU its LSTM runs oneDNN's fused
+    RNN primitive (`aten::mkldnn_rnn_layer`, `..._backward`), its GRU does not.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    step = torch_training_step(data, cell)
+    for i in range(2):
+        step(i)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for i in range(steps):
+            step(i)
+    ops = sorted(profiler.key_averages(), key=lambda event: event.self_cpu_time_total, reverse=True)
+    total = sum(event.self_cpu_time_total for event in ops)
+    return {"cell": cell, "self_cpu_ms_per_step": total / 1e3 / steps,
+            "top_ops": [{"op": event.key, "ms_per_step": event.self_cpu_time_total / 1e3 / steps,
+                         "share": event.self_cpu_time_total / total} for event in ops[:top]]}
 
 
 def profile_keras_step(data, cell: str, steps: int = 5, top: int = 12) -> dict:
@@ -216,7 +243,7 @@ def bench_peers(corpus_name: str, text: str, repeats: int = 3, steps: int = 30) 
             keras.backend.clear_session(free_memory=True)
             keras_runs.append(bare_fit_chars_per_second(data, ModelConfig(cell=cell, units=256), steps))
             torch_runs.append(torch_chars_per_second(data, cell, steps))
-        cells[cell] = {"keras_profile": profile_keras_step(data, cell),
+        cells[cell] = {"keras_profile": profile_keras_step(data, cell), "torch_profile": profile_torch_step(data, cell),
                        "keras_chars_per_second": statistics.median(keras_runs),
                        "torch_chars_per_second": statistics.median(torch_runs),
                        "ratio": statistics.median(keras_runs) / statistics.median(torch_runs),
