@@ -12,6 +12,12 @@
   does nothing (Python gRPC's floor), its requests/s with the same 32 clients,
   and the rows/s of the model alone in batches of 32.
 
+The servers compared (batching off, batching on, the empty servicer) run side
+by side for the whole run, and each figure is the mean of `ROUNDS` short
+rounds in which they take turns, as the latency loop interleaves its calls:
+on these machines speed drifts by tens of per cent within minutes, and a
+figure taken minutes after its baseline measures the drift.
+
 Every target is a ratio within the run (`targets`): 32 clients with batching
 reach >= 80% of the ceiling 1/(1/empty req/s + 1/model rows/s); batching on
 costs a lone client nothing (>= 0.95x batching off) and helps 8 clients
@@ -25,6 +31,8 @@ Results: `bench/results/serving.json`; the README's table is printed.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import signal
@@ -36,6 +44,7 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
+from typing import Any, Callable
 
 import grpc
 import numpy as np
@@ -59,6 +68,9 @@ VOCABULARY = [chr(c) for c in range(32, 127)]
 # calls (the in-process baselines, the model's rows/s) use the same, so the ratios compare like
 # with like; batches of 32 run about as fast either way (measured; the ceiling takes the faster).
 INTRA_OP_THREADS, INTER_OP_THREADS = 1, 2
+# Every throughput and ceiling figure is the mean of this many rounds of 2 s, the servers compared taking
+# turns within each round: the machine's speed drifts by tens of per cent over minutes.
+ROUNDS = 5
 SERVER_THREADS = ("--tensorflow_intra_op_parallelism", str(INTRA_OP_THREADS),
                   "--tensorflow_inter_op_parallelism", str(INTER_OP_THREADS))
 
@@ -69,11 +81,27 @@ def export_model(workdir: Path) -> Path:
 
 
 def start_server(config: Path, *flags: str) -> tuple[subprocess.Popen, str]:
+    """`python -m serving.server` on a free port, as `make serve` starts it; returns it and its address."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "serving.server", "--model_config_file", str(config),
-                                "--port", str(port), *SERVER_THREADS, *flags], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    process.stdout.readline()
-    return process, f"127.0.0.1:{port}"
+    return _started([sys.executable, "-m", "serving.server", "--model_config_file", str(config), "--port", str(port),
+                     *SERVER_THREADS, *flags]), f"127.0.0.1:{port}"
+
+
+def start_empty_server() -> tuple[subprocess.Popen, str]:
+    """The do-nothing servicer (`serve_empty`) in a process of its own, on a free port."""
+    port = free_port()
+    return _started([sys.executable, "-m", "bench.serving", "--empty-server", str(port)]), f"127.0.0.1:{port}"
+
+
+def _started(command: list[str]) -> subprocess.Popen:
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    process.stdout.readline()  # its first line says it serves
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -81,12 +109,14 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": 1e3 * ordered[len(ordered) // 2], "p99_ms": 1e3 * ordered[int(len(ordered) * 0.99)]}
 
 
-def bench_latency(target: str, version: Path, requests: int = 400) -> dict:
-    """p50/p99 through gRPC against two in-process calls of the same signature, interleaved.
+def bench_latency(target: str, version: Path, empty_target: str, requests: int = 400) -> dict:
+    """p50/p99 through gRPC against two in-process calls of the same signature and an empty servicer, interleaved.
 
     In-process: `tf.saved_model.load` (what another Python app does) and the
     server's own Session callable (`load_bundle`, TensorFlow Serving's loader).
-    The server's added latency is counted from the faster of the two.
+    The server's added latency is counted from the faster of the two. The
+    empty servicer's round trip (a raw stub, an empty request) is taken in the
+    same loop, so both servers sit idle alike between their calls.
     """
     local = tf.saved_model.load(str(version)).signatures["serving_default"]
     threads = config_pb2.ConfigProto(intra_op_parallelism_threads=INTRA_OP_THREADS,
@@ -94,9 +124,11 @@ def bench_latency(target: str, version: Path, requests: int = 400) -> dict:
     session = load_bundle(version, threads).signatures["serving_default"]
     text, rows = tf.constant([PROMPT]), {"text": np.array([PROMPT.encode()], dtype=object)}
     calls = {"in_process": lambda: local(text=text), "in_process_session": lambda: session.run(rows)}
-    samples = {name: [] for name in (*calls, "grpc")}
-    with PredictionClient(target, "text") as client:
+    samples = {name: [] for name in (*calls, "grpc", "empty_grpc")}
+    with PredictionClient(target, "text") as client, grpc.insecure_channel(empty_target) as empty_channel:
         calls["grpc"] = lambda: client.predict(rows)
+        empty_stub = prediction_service_pb2_grpc.PredictionServiceStub(empty_channel)
+        calls["empty_grpc"] = lambda: empty_stub.Predict(predict_pb2.PredictRequest(), timeout=10)
         for _ in range(20):  # warm all up
             for call in calls.values():
                 call()
@@ -128,39 +160,26 @@ def serve_empty(port: int) -> None:
     server.wait_for_termination()
 
 
-def bench_ceilings(version: Path, requests: int = 1000) -> dict:
-    """Python gRPC's round-trip floor (another process, empty Predict) and the model's rows/s at batch 32."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "bench.serving", "--empty-server", str(port)], cwd=ROOT,
-                               stdout=subprocess.PIPE, text=True)
-    process.stdout.readline()
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            request = predict_pb2.PredictRequest()
-            for _ in range(50):
-                stub.Predict(request, timeout=10)
-            samples = []
-            for _ in range(requests):
-                start = time.perf_counter()
-                stub.Predict(request, timeout=10)
-                samples.append(time.perf_counter() - start)
-        # The throughput benchmark's 32 clients against it: what gRPC and the clients cost with no model.
-        empty_throughput = bench_throughput(f"127.0.0.1:{port}", 32)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-    # The model's best rows/s: in this process (the server's thread settings) and in a fresh one
-    # with TensorFlow's default threads (either may be faster on a given day); the ceiling takes the faster.
-    here = model_rows_per_second(version)
+def empty_round_trip_back_to_back(empty_target: str, requests: int = 1000) -> float:
+    """p50 ms of the empty servicer called back to back with a raw stub (no idle gaps: the lowest floor)."""
+    with grpc.insecure_channel(empty_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        for _ in range(50):
+            stub.Predict(request, timeout=10)
+        samples = []
+        for _ in range(requests):
+            start = time.perf_counter()
+            stub.Predict(request, timeout=10)
+            samples.append(time.perf_counter() - start)
+    return percentiles(samples)["p50_ms"]
+
+
+def model_rows_per_second_default_threads(version: Path) -> float:
+    """`model_rows_per_second` in a fresh process with TensorFlow's default threads (fixed at its first op)."""
     fresh = subprocess.run([sys.executable, "-m", "bench.serving", "--model-rows-per-second", str(version)],
                            cwd=ROOT, capture_output=True, text=True, check=True)
-    default_threads = float(fresh.stdout.split()[-1])
-    return {"empty_predict_round_trip_p50_ms": percentiles(samples)["p50_ms"],
-            "empty_predict_requests_per_second_32_clients": empty_throughput,
-            "model_rows_per_second_batch_32_server_threads": here,
-            "model_rows_per_second_batch_32_default_threads": default_threads,
-            "model_rows_per_second_batch_32": max(here, default_threads)}
+    return float(fresh.stdout.split()[-1])
 
 
 def model_rows_per_second(version: Path, rows: int = 32, calls: int = 30) -> float:
@@ -177,7 +196,7 @@ def model_rows_per_second(version: Path, rows: int = 32, calls: int = 30) -> flo
     return rows / statistics.median(times)
 
 
-def bench_throughput(target: str, clients: int, seconds: float = 6.0) -> float:
+def bench_throughput(target: str, clients: int, seconds: float = 2.0) -> float:
     """Requests per second with `clients` concurrent clients, after a one-second ramp-up."""
     counts, stop = [0] * clients, threading.Event()
 
@@ -207,22 +226,64 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds_by_thread_kind(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's threads so far, summed by thread name (/proc/<pid>/task/*/comm).
+
+    TensorFlow names its op threads `tf_Compute`, gRPC's core its pollers
+    `event_engine`; Python's own threads (gRPC's workers, the request path) are `python`.
+    Threads that ended are not counted.
+    """
+    seconds: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        seconds[name] = seconds.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
+
+
 def machine_busy_jiffies() -> tuple[int, int]:
     """(busy, total) CPU time of the whole machine so far (/proc/stat; idle and iowait are not busy)."""
     fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     return sum(fields) - fields[3] - fields[4], sum(fields)
 
 
-def bench_throughput_with_cpu(target: str, server_pid: int, clients: int) -> dict:
+def bench_throughput_with_cpu(target: str, server_pid: int, clients: int) -> dict[str, Any]:
     """Requests/s with `clients` clients, and where the CPU went meanwhile: the server, this process, the machine."""
     server, here, machine, start = cpu_seconds(server_pid), time.process_time(), machine_busy_jiffies(), time.time()
+    threads = cpu_seconds_by_thread_kind(server_pid)
     rate = bench_throughput(target, clients)
     elapsed = time.time() - start
     busy, total = (after - before for after, before in zip(machine_busy_jiffies(), machine))
     server_cores = (cpu_seconds(server_pid) - server) / elapsed
+    by_kind = {name: (used - threads.get(name, 0.0)) / elapsed
+               for name, used in cpu_seconds_by_thread_kind(server_pid).items()}
     return {"requests_per_second": rate, "server_cores": server_cores,
+            "server_cores_by_thread_kind": {name: cores for name, cores in sorted(by_kind.items()) if cores > 0},
             "clients_cores": (time.process_time() - here) / elapsed, "machine_busy_share": busy / total,
             "server_cpu_ms_per_request": 1e3 * server_cores / rate}
+
+
+def interleaved(measurements: dict[str, Callable[[], Any]], rounds: int = ROUNDS) -> dict[str, list]:
+    """Each measurement taken `rounds` times, in turn, so that the machine's drift in speed hits all alike.
+
+    Returns:
+        Name -> its `rounds` results, in order.
+    """
+    results: dict[str, list] = {name: [] for name in measurements}
+    for _ in range(rounds):
+        for name, measure in measurements.items():
+            results[name].append(measure())
+    return results
+
+
+def mean_fields(rounds: list[dict]) -> dict:
+    """The mean of each numeric field (and of each entry of nested dicts) over rounds of the same measurement."""
+    first = rounds[0]
+    return {key: mean_fields([r[key] for r in rounds]) if isinstance(first[key], dict) else
+            statistics.fmean(r.get(key, 0.0) for r in rounds) for key in first}
 
 
 def bench_generate(target: str, version: Path, chars: int = 500) -> dict:
@@ -244,6 +305,38 @@ def bench_generate(target: str, version: Path, chars: int = 500) -> dict:
             "grpc_chars_per_second": chars / statistics.median(there)}
 
 
+def bench_throughputs(servers: dict[str, tuple[subprocess.Popen, str]], version: Path) -> dict:
+    """Requests/s with 1, 8 and 32 clients, batching off and on, in alternating rounds.
+
+    With 32 clients the same rounds also take the ceiling's parts (the empty
+    servicer's requests/s, the model's rows/s in batches of 32) and where the
+    batching server's CPU goes.
+    """
+    off, (on_process, on), empty = servers["off"][1], servers["on"], servers["empty"][1]
+    rounds = {clients: interleaved({"off": functools.partial(bench_throughput, off, clients),
+                                    "on": functools.partial(bench_throughput, on, clients)}) for clients in (1, 8)}
+    rounds[32] = interleaved({
+        "off": lambda: bench_throughput(off, 32),
+        "on": lambda: bench_throughput_with_cpu(on, on_process.pid, 32),
+        "empty": lambda: bench_throughput(empty, 32),
+        "model_server_threads": lambda: model_rows_per_second(version),
+        "model_default_threads": lambda: model_rows_per_second_default_threads(version)})
+    cpu = mean_fields(rounds[32]["on"])
+    mean = statistics.fmean
+    here, default_threads = mean(rounds[32]["model_server_threads"]), mean(rounds[32]["model_default_threads"])
+    return {
+        "throughput_batching_off": {n: mean(rounds[n]["off"]) for n in (1, 8, 32)},
+        "throughput_batching_on": {1: mean(rounds[1]["on"]), 8: mean(rounds[8]["on"]), 32: cpu["requests_per_second"]},
+        "cpu_32_clients_batching_on": cpu,
+        "ceilings": {"empty_predict_requests_per_second_32_clients": mean(rounds[32]["empty"]),
+                     "model_rows_per_second_batch_32_server_threads": here,
+                     "model_rows_per_second_batch_32_default_threads": default_threads,
+                     "model_rows_per_second_batch_32": max(here, default_threads)},
+        "rounds": {n: {name: [r["requests_per_second"] if isinstance(r, dict) else r for r in values]
+                       for name, values in by_name.items()} for n, by_name in rounds.items()},
+    }
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--empty-server"]:
@@ -254,32 +347,28 @@ def main(argv=None) -> int:
         return 0
     tf.config.threading.set_intra_op_parallelism_threads(INTRA_OP_THREADS)  # before TensorFlow's first op
     tf.config.threading.set_inter_op_parallelism_threads(INTER_OP_THREADS)
-    with tempfile.TemporaryDirectory() as workdir:
+    with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as running:
         workdir = Path(workdir)
         version = export_model(workdir)
         config = workdir / "models.config"
         config.write_text(f'model_config_list {{ config {{ name: "text" base_path: "{version.parent}" '
                           f'model_platform: "tensorflow" }} }}')
-        result = {"model": "LSTM-256 character model, 1 layer", "prompt_chars": len(PROMPT)}
-        process, target = start_server(config, "--file_system_poll_wait_seconds", "0")
-        try:
-            result["latency"] = bench_latency(target, version)
-            result["generate"] = bench_generate(target, version)
-            result["throughput_batching_off"] = {n: bench_throughput(target, n) for n in (1, 8, 32)}
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
-        process, target = start_server(config, "--file_system_poll_wait_seconds", "0", "--enable_batching",
-                                       "--batching_parameters_file", str(ROOT / "serving" / "batching.config"))
-        try:
-            result["throughput_batching_on"] = {n: bench_throughput(target, n) for n in (1, 8)}
-            loaded = bench_throughput_with_cpu(target, process.pid, 32)
-            result["throughput_batching_on"][32] = loaded["requests_per_second"]
-            result["cpu_32_clients_batching_on"] = loaded
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=30)
-        result["ceilings"] = bench_ceilings(version)
+        result = {"model": "LSTM-256 character model, 1 layer", "prompt_chars": len(PROMPT), "rounds_per_figure": ROUNDS}
+        # All three servers run from the start, so each comparison alternates between them.
+        servers = {"off": start_server(config, "--file_system_poll_wait_seconds", "0"),
+                   "on": start_server(config, "--file_system_poll_wait_seconds", "0", "--enable_batching",
+                                      "--batching_parameters_file", str(ROOT / "serving" / "batching.config")),
+                   "empty": start_empty_server()}
+        for process, _ in servers.values():
+            running.callback(stop, process)
+        off, empty = servers["off"][1], servers["empty"][1]
+        result["latency"] = bench_latency(off, version, empty)
+        result["generate"] = bench_generate(off, version)
+        throughputs = bench_throughputs(servers, version)
+        result.update({key: value for key, value in throughputs.items() if key != "ceilings"})
+        result["ceilings"] = {"empty_predict_round_trip_p50_ms": result["latency"]["empty_grpc"]["p50_ms"],
+                              "empty_predict_round_trip_back_to_back_p50_ms": empty_round_trip_back_to_back(empty),
+                              **throughputs["ceilings"]}
     result["targets"] = targets(result)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serving.json").write_text(json.dumps({"benchmark": "serving", "environment": environment(),
@@ -317,6 +406,9 @@ def table() -> str:
     share, one, eight, added = (t["share_of_ceiling_32_clients_batching"], t["batching_on_vs_off_1_client"],
                                 t["batching_on_vs_off_8_clients"], t["added_latency_vs_empty_round_trip"])
     g = r["generate"]
+    kinds = cpu.get("server_cores_by_thread_kind", {})
+    thread_kinds = "".join(f"; {label} {kinds[name]:.2f}" for name, label in
+                           (("tf_Compute", "TensorFlow's op threads"), ("python", "Python threads")) if name in kinds)
     rows = ["| benchmark | gRPC (embedded server) | baseline in the same run / target |", "|---|---|---|",
             f"| next-token Predict latency, {r['prompt_chars']}-char prompt | p50 {latency['grpc']['p50_ms']:.2f} ms, "
             f"p99 {latency['grpc']['p99_ms']:.2f} ms | in-process p50 {latency['in_process']['p50_ms']:.2f} ms "
@@ -332,8 +424,10 @@ def table() -> str:
             f"**{share['value']:.0%}** of the ceiling, {t['ceiling_requests_per_second_32_clients']:,.0f} req/s "
             f"(target ≥ 80%: {met(share)}) |",
             f"| CPU during that run | server {cpu['server_cores']:.2f} cores ({cpu['server_cpu_ms_per_request']:.1f} ms "
-            f"a request), clients {cpu['clients_cores']:.2f} | machine **{cpu['machine_busy_share']:.0%} busy** |",
-            f"| ceiling: a Predict that does nothing | p50 {c['empty_predict_round_trip_p50_ms']:.2f} ms; "
+            f"a request{thread_kinds}), clients {cpu['clients_cores']:.2f} | machine "
+            f"**{cpu['machine_busy_share']:.0%} busy** |",
+            f"| ceiling: a Predict that does nothing | p50 {c['empty_predict_round_trip_p50_ms']:.2f} ms between the "
+            f"other calls ({c.get('empty_predict_round_trip_back_to_back_p50_ms', float('nan')):.2f} ms back to back); "
             f"{c['empty_predict_requests_per_second_32_clients']:,.0f} req/s with 32 clients | |",
             f"| ceiling: the model alone, batches of 32, in-process | {c['model_rows_per_second_batch_32']:,.0f} "
             f"rows/s on both cores (the faster of the server's threads, "
