@@ -28,7 +28,7 @@ demo: $(INSTALLED)
 # The embedded TensorFlow-Serving-compatible server on the usual ports (Ctrl-C stops it).
 serve: $(INSTALLED)
 	$(PY) -m serving.server --model_config_file serving/models.config --port 8500 --rest_api_port 8501 \
-		--tensorflow_intra_op_parallelism 1 --tensorflow_inter_op_parallelism 2 \
+		--tensorflow_intra_op_parallelism 1 --tensorflow_inter_op_parallelism 1 \
 		--enable_batching --batching_parameters_file serving/batching.config \
 		--monitoring_config_file serving/monitoring.config
 

@@ -64,10 +64,11 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "It was the best of times, it was the wor"  # 40 characters
 VOCABULARY = [chr(c) for c in range(32, 127)]
 # TensorFlow's threads as `make serve` sets them for the server (docs/serving.md): one intra-op
-# thread (a one-row LSTM step is too small to split), two inter-op threads. This process's own
-# calls (the in-process baselines, the model's rows/s) use the same, so the ratios compare like
-# with like; batches of 32 run about as fast either way (measured; the ceiling takes the faster).
-INTRA_OP_THREADS, INTER_OP_THREADS = 1, 2
+# thread (a one-row LSTM step is too small to split) and one inter-op thread (a batch's ops on one
+# thread: with two, both burned half a core each per call, measured). This process's own calls (the
+# in-process baselines, the model's rows/s) use the same, so the ratios compare like with like;
+# batches of 32 run about as fast with TensorFlow's defaults (measured; the ceiling takes the faster).
+INTRA_OP_THREADS, INTER_OP_THREADS = 1, 1
 # Every throughput and ceiling figure is the mean of this many rounds of 2 s, the servers compared taking
 # turns within each round: the machine's speed drifts by tens of per cent over minutes.
 ROUNDS = 5

@@ -100,7 +100,7 @@ def test_options_from_the_batching_config():
     options = BatchingOptions.from_proto(read_batching_parameters(
         Path(__file__).resolve().parents[1] / "serving" / "batching.config"))
     assert options == BatchingOptions(max_batch_size=32, batch_timeout_micros=0, max_enqueued_batches=100,
-                                      num_batch_threads=1, pad_variable_length_inputs=True)
+                                      num_batch_threads=2, pad_variable_length_inputs=True)
 
 
 @pytest.mark.parametrize("value, expected", [("true", True), ("false", False)])

@@ -33,9 +33,9 @@ def test_models_config_names_both_models_where_the_pipelines_export_them():
 def test_batching_and_monitoring_configs_parse():
     batching = tfs_config.read_batching_parameters(SERVING / "batching.config")
     assert batching.max_batch_size.value == 32
-    # TensorFlow Serving's CPU advice, timeout 0, written out (not left to a default), and one batch thread.
+    # TensorFlow Serving's CPU advice, written out (not left to defaults): timeout 0, one batch thread per core.
     assert batching.HasField("batch_timeout_micros") and batching.batch_timeout_micros.value == 0
-    assert batching.num_batch_threads.value == 1
+    assert batching.num_batch_threads.value == 2
     assert batching.pad_variable_length_inputs
     monitoring = tfs_config.read_monitoring_config(SERVING / "monitoring.config")
     assert monitoring.prometheus_config.enable
