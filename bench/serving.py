@@ -25,7 +25,8 @@ costs a lone client nothing (>= 0.95x batching off) and helps 8 clients
 in-process call.
 
 The model is an untrained LSTM-256 character model (speed does not depend on
-the weights). Clients are threads of this process, each with its own channel.
+the weights). Clients are threads of this process, each with its own channel (gRPC shares one
+connection per server between them).
 Results: `bench/results/serving.json`; the README's table is printed.
 """
 
@@ -314,12 +315,15 @@ def bench_throughputs(servers: dict[str, tuple[subprocess.Popen, str]], version:
     batching server's CPU goes.
     """
     off, (on_process, on), empty = servers["off"][1], servers["on"], servers["empty"][1]
+    replicas, empty_replicas = f"{on},{servers['on_replica'][1]}", f"{empty},{servers['empty_replica'][1]}"
     rounds = {clients: interleaved({"off": functools.partial(bench_throughput, off, clients),
                                     "on": functools.partial(bench_throughput, on, clients)}) for clients in (1, 8)}
     rounds[32] = interleaved({
         "off": lambda: bench_throughput(off, 32),
         "on": lambda: bench_throughput_with_cpu(on, on_process.pid, 32),
         "empty": lambda: bench_throughput(empty, 32),
+        "two_replicas": lambda: bench_throughput(replicas, 32),
+        "two_empty_replicas": lambda: bench_throughput(empty_replicas, 32),
         "model_server_threads": lambda: model_rows_per_second(version),
         "model_default_threads": lambda: model_rows_per_second_default_threads(version)})
     cpu = mean_fields(rounds[32]["on"])
@@ -329,6 +333,8 @@ def bench_throughputs(servers: dict[str, tuple[subprocess.Popen, str]], version:
         "throughput_batching_off": {n: mean(rounds[n]["off"]) for n in (1, 8, 32)},
         "throughput_batching_on": {1: mean(rounds[1]["on"]), 8: mean(rounds[8]["on"]), 32: cpu["requests_per_second"]},
         "cpu_32_clients_batching_on": cpu,
+        "two_replicas_32_clients": {"requests_per_second": mean(rounds[32]["two_replicas"]),
+                                    "empty_requests_per_second": mean(rounds[32]["two_empty_replicas"])},
         "ceilings": {"empty_predict_requests_per_second_32_clients": mean(rounds[32]["empty"]),
                      "model_rows_per_second_batch_32_server_threads": here,
                      "model_rows_per_second_batch_32_default_threads": default_threads,
@@ -355,11 +361,14 @@ def main(argv=None) -> int:
         config.write_text(f'model_config_list {{ config {{ name: "text" base_path: "{version.parent}" '
                           f'model_platform: "tensorflow" }} }}')
         result = {"model": "LSTM-256 character model, 1 layer", "prompt_chars": len(PROMPT), "rounds_per_figure": ROUNDS}
-        # All three servers run from the start, so each comparison alternates between them.
+        # All the servers run from the start, so each comparison alternates between them. The replicas
+        # are gRPC's advice for Python servers, one process per core; the client spreads requests over
+        # them (round_robin), as over replicas behind a load balancer.
+        batching = ("--file_system_poll_wait_seconds", "0", "--enable_batching",
+                    "--batching_parameters_file", str(ROOT / "serving" / "batching.config"))
         servers = {"off": start_server(config, "--file_system_poll_wait_seconds", "0"),
-                   "on": start_server(config, "--file_system_poll_wait_seconds", "0", "--enable_batching",
-                                      "--batching_parameters_file", str(ROOT / "serving" / "batching.config")),
-                   "empty": start_empty_server()}
+                   "on": start_server(config, *batching), "on_replica": start_server(config, *batching),
+                   "empty": start_empty_server(), "empty_replica": start_empty_server()}
         for process, _ in servers.values():
             running.callback(stop, process)
         off, empty = servers["off"][1], servers["empty"][1]
@@ -385,13 +394,23 @@ def targets(r: dict) -> dict:
     c = r["ceilings"]
     ceiling = 1 / (1 / c["empty_predict_requests_per_second_32_clients"] + 1 / c["model_rows_per_second_batch_32"])
     added, floor = r["latency"]["added_p50_ms"], c["empty_predict_round_trip_p50_ms"]
+    two = r.get("two_replicas_32_clients")
     return {
         "ceiling_requests_per_second_32_clients": ceiling,
         "share_of_ceiling_32_clients_batching": {"value": on["32"] / ceiling, "target": 0.80},
         "batching_on_vs_off_1_client": {"value": on["1"] / off["1"], "target": 0.95},
         "batching_on_vs_off_8_clients": {"value": on["8"] / off["8"], "target": 1.0},
         "added_latency_vs_empty_round_trip": {"value": added / floor, "target": 1.5, "at_most": True},
+        **({} if two is None else {
+            "ceiling_requests_per_second_32_clients_two_replicas": two_ceiling(two, c),
+            "share_of_ceiling_32_clients_two_replicas": {"value": two["requests_per_second"] / two_ceiling(two, c),
+                                                          "target": 0.80}}),
     }
+
+
+def two_ceiling(two: dict, c: dict) -> float:
+    """The ceiling for two replicas: two empty servicers' requests/s with the model's rows/s on both cores."""
+    return 1 / (1 / two["empty_requests_per_second"] + 1 / c["model_rows_per_second_batch_32"])
 
 
 def table() -> str:
@@ -427,6 +446,13 @@ def table() -> str:
             f"| CPU during that run | server {cpu['server_cores']:.2f} cores ({cpu['server_cpu_ms_per_request']:.1f} ms "
             f"a request{thread_kinds}), clients {cpu['clients_cores']:.2f} | machine "
             f"**{cpu['machine_busy_share']:.0%} busy** |",
+            *([] if "two_replicas_32_clients" not in r else [
+                f"| throughput, 32 clients, two replicas of the batching server (one process per core) | "
+                f"{r['two_replicas_32_clients']['requests_per_second']:,.0f} req/s | "
+                f"**{t['share_of_ceiling_32_clients_two_replicas']['value']:.0%}** of the same ceiling with two empty "
+                f"servicers ({r['two_replicas_32_clients']['empty_requests_per_second']:,.0f} req/s), "
+                f"{t['ceiling_requests_per_second_32_clients_two_replicas']:,.0f} req/s "
+                f"(target ≥ 80%: {met(t['share_of_ceiling_32_clients_two_replicas'])}) |"]),
             f"| ceiling: a Predict that does nothing | p50 {c['empty_predict_round_trip_p50_ms']:.2f} ms between the "
             f"other calls ({c.get('empty_predict_round_trip_back_to_back_p50_ms', float('nan')):.2f} ms back to back); "
             f"{c['empty_predict_requests_per_second_32_clients']:,.0f} req/s with 32 clients | |",
