@@ -311,8 +311,12 @@ def bench_throughputs(servers: dict[str, tuple[subprocess.Popen, str]], version:
     """Requests/s with 1, 8 and 32 clients, batching off and on, in alternating rounds.
 
     With 32 clients the same rounds also take the ceiling's parts (the empty
-    servicer's requests/s, the model's rows/s in batches of 32) and where the
-    batching server's CPU goes.
+    servicer's requests/s, the model's rows/s in batches of 32), where the
+    batching server's CPU goes, and two replicas of it (and of the empty
+    servicer) with the clients' requests spread over both.
+
+    Returns:
+        The figures for `serving.json` (means over rounds), and every round.
     """
     off, (on_process, on), empty = servers["off"][1], servers["on"], servers["empty"][1]
     replicas, empty_replicas = f"{on},{servers['on_replica'][1]}", f"{empty},{servers['empty_replica'][1]}"
