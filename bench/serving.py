@@ -12,8 +12,8 @@
   does nothing (Python gRPC's floor), its requests/s with the same 32 clients,
   and the rows/s of the model alone in batches of 32.
 
-The servers compared (batching off, batching on, the empty servicer) run side
-by side for the whole run, and each figure is the mean of `ROUNDS` short
+The servers compared (batching off, batching on and a second replica of it,
+two empty servicers) run side by side for the whole run, and each figure is the mean of `ROUNDS` short
 rounds in which they take turns, as the latency loop interleaves its calls:
 on these machines speed drifts by tens of per cent within minutes, and a
 figure taken minutes after its baseline measures the drift.
@@ -222,10 +222,15 @@ def bench_throughput(target: str, clients: int, seconds: float = 2.0) -> float:
     return (after - before) / elapsed
 
 
+def _stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds in a /proc `stat` file (a process's or one of its threads')."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process, all its threads (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def cpu_seconds_by_thread_kind(pid: int) -> dict[str, float]:
@@ -238,11 +243,10 @@ def cpu_seconds_by_thread_kind(pid: int) -> dict[str, float]:
     seconds: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name, used = (task / "comm").read_text().strip(), _stat_cpu_seconds(task / "stat")
         except OSError:  # the thread ended meanwhile
             continue
-        seconds[name] = seconds.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        seconds[name] = seconds.get(name, 0.0) + used
     return seconds
 
 
@@ -396,9 +400,10 @@ def targets(r: dict) -> dict:
     """Issue 16's targets, as ratios within one run: what each measurement is held against."""
     off, on = ({str(k): v for k, v in r[key].items()} for key in ("throughput_batching_off", "throughput_batching_on"))
     c = r["ceilings"]
-    ceiling = 1 / (1 / c["empty_predict_requests_per_second_32_clients"] + 1 / c["model_rows_per_second_batch_32"])
+    ceiling = combined_ceiling(c["empty_predict_requests_per_second_32_clients"], c["model_rows_per_second_batch_32"])
     added, floor = r["latency"]["added_p50_ms"], c["empty_predict_round_trip_p50_ms"]
-    two = r.get("two_replicas_32_clients")
+    two = r.get("two_replicas_32_clients")  # absent from runs before the replicas were measured
+    two_ceiling = two and combined_ceiling(two["empty_requests_per_second"], c["model_rows_per_second_batch_32"])
     return {
         "ceiling_requests_per_second_32_clients": ceiling,
         "share_of_ceiling_32_clients_batching": {"value": on["32"] / ceiling, "target": 0.80},
@@ -406,15 +411,15 @@ def targets(r: dict) -> dict:
         "batching_on_vs_off_8_clients": {"value": on["8"] / off["8"], "target": 1.0},
         "added_latency_vs_empty_round_trip": {"value": added / floor, "target": 1.5, "at_most": True},
         **({} if two is None else {
-            "ceiling_requests_per_second_32_clients_two_replicas": two_ceiling(two, c),
-            "share_of_ceiling_32_clients_two_replicas": {"value": two["requests_per_second"] / two_ceiling(two, c),
+            "ceiling_requests_per_second_32_clients_two_replicas": two_ceiling,
+            "share_of_ceiling_32_clients_two_replicas": {"value": two["requests_per_second"] / two_ceiling,
                                                           "target": 0.80}}),
     }
 
 
-def two_ceiling(two: dict, c: dict) -> float:
-    """The ceiling for two replicas: two empty servicers' requests/s with the model's rows/s on both cores."""
-    return 1 / (1 / two["empty_requests_per_second"] + 1 / c["model_rows_per_second_batch_32"])
+def combined_ceiling(empty_requests_per_second: float, model_rows_per_second: float) -> float:
+    """Requests/s if each cost gRPC's share (an empty servicer's) plus the model's, one after the other."""
+    return 1 / (1 / empty_requests_per_second + 1 / model_rows_per_second)
 
 
 def table() -> str:
