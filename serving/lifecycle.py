@@ -9,6 +9,7 @@ the threads that re-scan base paths and re-read models.config.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -26,6 +27,7 @@ from serving.limits import DEFAULT_LIMITS, MAX_MESSAGE_BYTES, RequestLimits
 from serving.metrics import ServingMetrics
 from serving.models import LoadedVersion, ModelManager, load_version
 from serving.prediction import Predictor
+from serving.process_group import ProcessGroup
 from serving.rest import RestServer
 from serving.saved_model_bundle import WARMUP_FILE, status_code
 from serving.services import ModelService, PredictionService
@@ -52,6 +54,7 @@ class Server:
         allow_version_labels_for_unavailable_models: Accept labels naming a version not loaded
             (otherwise a reload answers FAILED_PRECONDITION, as TensorFlow Serving does).
         session_config: The Sessions' options (thread pools), as --tensorflow_*_parallelism set them.
+        group: This process's place among several sharing the ports (`serving.supervisor`); None: alone.
 
     Raises:
         tfs_config.ConfigError: A config file that cannot be used.
@@ -63,15 +66,19 @@ class Server:
                  max_workers: int = 16, batching: Optional[BatchingOptions] = None, rest_api_port: int = 0,
                  monitoring=None, limits: RequestLimits = DEFAULT_LIMITS,
                  allowed_model_roots: Sequence[str] = (), allow_version_labels_for_unavailable_models: bool = False,
-                 session_config: Optional[config_pb2.ConfigProto] = None):
+                 session_config: Optional[config_pb2.ConfigProto] = None, group: Optional[ProcessGroup] = None):
         self.config_path = Path(model_config_file)
         config = tfs_config.read_model_config(self.config_path)
+        self.group = group
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0)])  # a second server on the same port must fail, not share it
+            # Alone, a second server on the same port must fail, not share it; in a group, all share it.
+            ("grpc.so_reuseport", int(group is not None))])
         try:  # bind first: a port in use is reported before any model is loaded
             self.port = self.grpc.add_insecure_port(f"{host}:{port}")
+            if group is not None:
+                self.grpc.add_insecure_port(group.grpc_address(group.index))
         except RuntimeError as error:
             raise OSError(f"cannot listen on {host}:{port}: {error}; pick another --port") from None
         if self.port == 0:
@@ -92,12 +99,20 @@ class Server:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(self.predictions),
                                                                             self.grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            ModelService(self.models, roots, allow_version_labels_for_unavailable_models), self.grpc)
+            ModelService(self.models, roots, allow_version_labels_for_unavailable_models, group), self.grpc)
         for problem in ([] if allow_version_labels_for_unavailable_models else self.models.unavailable_labels()):
             log.warning("%s: requests by that label get NOT_FOUND until it loads", problem)
         metrics_path = (prometheus.path or DEFAULT_METRICS_PATH) if self.metrics else None
-        self.rest = (RestServer(self.predictions, self.models, host, rest_api_port, self.metrics, metrics_path)
-                     if rest_api_port else None)
+        self._own_metrics_server = None
+        exposition = self._exposition
+        if self.metrics is not None and group is not None and group.count > 1:  # a scrape counts the whole group
+            self._own_metrics_server = group.serve_own_metrics(self._exposition)
+            exposition = functools.partial(group.merged_exposition, self._exposition)
+        self.rest = (RestServer(self.predictions, self.models, host, rest_api_port, self.metrics, metrics_path,
+                                exposition, reuse_port=group is not None) if rest_api_port else None)
+
+    def _exposition(self) -> bytes:
+        return self.metrics.exposition(self.models)
 
     def _load_and_warm_up(self, name: str, version: int, path: Path) -> LoadedVersion:
         """Load a version as TensorFlow Serving does; it may serve only once its warmup requests succeed."""
@@ -145,4 +160,7 @@ class Server:
         self._stop.set()
         if self.rest:
             self.rest.stop()
+        if self._own_metrics_server is not None:
+            self._own_metrics_server.shutdown()
+            self._own_metrics_server.server_close()
         self.grpc.stop(grace).wait()

@@ -141,3 +141,42 @@ class ServingMetrics:
         for name in models.names():
             self.loaded_versions.labels(name).set(len(models.available_versions(name)))
         return self.tfs.exposition().encode("utf-8") + generate_latest(self.registry)
+
+
+def merge_expositions(texts: list[str]) -> str:
+    """Several processes' metrics (Prometheus text format) as one process's would read.
+
+    Counters and histograms (buckets, sums, counts) add up. A gauge, and a
+    counter's `_created` time, take the smallest value: `rnn_serving_loaded_versions`
+    counts the versions every process serves. Families stay together, in the
+    order they first appear; label sets only some processes have are kept.
+
+    Args:
+        texts: Each process's exposition (no timestamps, as this server writes them).
+
+    Returns:
+        One exposition.
+    """
+    families: dict[str, dict] = {}  # name -> {"kind", "comments", "samples": {"name{labels}": value}}
+    family = families.setdefault("", {"kind": "untyped", "comments": [], "samples": {}})
+    for text in texts:
+        for line in text.splitlines():
+            if line.startswith("# HELP ") or line.startswith("# TYPE "):
+                name = line.split(" ", 3)[2]
+                family = families.setdefault(name, {"kind": "untyped", "comments": [], "samples": {}})
+                if line.startswith("# TYPE "):
+                    family["kind"] = line.split(" ", 3)[3]
+                if line not in family["comments"]:
+                    family["comments"].append(line)
+            elif line and not line.startswith("#"):
+                sample, value = line.rsplit(" ", 1)
+                smallest = family["kind"] == "gauge" or sample.split("{", 1)[0].endswith("_created")
+                seen = family["samples"].get(sample)
+                family["samples"][sample] = float(value) if seen is None else (
+                    min(seen, float(value)) if smallest else seen + float(value))
+    lines = []
+    for family in families.values():
+        lines += family["comments"]
+        lines += [f"{sample} {int(value) if value.is_integer() else repr(value)}"
+                  for sample, value in family["samples"].items()]
+    return "\n".join(lines) + "\n"

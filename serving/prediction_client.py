@@ -104,10 +104,13 @@ class PredictionClient:
         timeout: Deadline of each call, retries included, in seconds.
         retries: Most retries on UNAVAILABLE, with exponential backoff from 0.05 s (capped at 1 s),
             as long as the deadline allows.
+        own_connection: Open a connection of this client's own (gRPC Python's channels in one
+            process otherwise share one per target): a server of several processes on one port
+            (`--server_processes`) spreads connections, not requests, over them.
     """
 
     def __init__(self, target: Union[str, Sequence[str]], model: str, version: Optional[int] = None,
-                 label: Optional[str] = None, timeout: float = 10.0, retries: int = 50):
+                 label: Optional[str] = None, timeout: float = 10.0, retries: int = 50, own_connection: bool = False):
         if version is not None and label is not None:
             raise ValueError("pass a version or a label, not both")
         self.model, self.version, self.label = model, version, label
@@ -116,7 +119,8 @@ class PredictionClient:
         self.channel = grpc.insecure_channel(channel_target(target), options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.lb_policy_name", "round_robin")])  # one replica: the same as pick_first
+            ("grpc.lb_policy_name", "round_robin"),  # one replica: the same as pick_first
+            ("grpc.use_local_subchannel_pool", int(own_connection))])
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 

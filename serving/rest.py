@@ -31,7 +31,7 @@ import time
 import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import grpc
 import numpy as np
@@ -329,12 +329,17 @@ class RestServer:
         host, port: Where to listen (port 0: any free port).
         metrics: The server's metrics (None: no metrics endpoint).
         metrics_path: Where they are answered.
+        exposition: What that path answers (Prometheus text; default: `metrics`' own).
+        reuse_port: Share the port with other processes (SO_REUSEPORT; `serving.supervisor`).
     """
 
-    def __init__(self, predictions, models, host: str, port: int, metrics=None, metrics_path: Optional[str] = None):
-        handler = type("Handler", (_Handler,), {"predictions": predictions, "models": models,
-                                                "metrics": metrics, "metrics_path": metrics_path})
-        self.http = ThreadingHTTPServer((host, port), handler)
+    def __init__(self, predictions, models, host: str, port: int, metrics=None, metrics_path: Optional[str] = None,
+                 exposition: Optional[Callable[[], bytes]] = None, reuse_port: bool = False):
+        exposition = exposition or (lambda: metrics.exposition(models))
+        handler = type("Handler", (_Handler,), {"predictions": predictions, "models": models, "metrics": metrics,
+                                                "metrics_path": metrics_path, "exposition": staticmethod(exposition)})
+        server_class = type("HTTPServer", (ThreadingHTTPServer,), {"allow_reuse_port": reuse_port})
+        self.http = server_class((host, port), handler)
         self.http.daemon_threads = True
         self.port = self.http.server_address[1]
 
@@ -352,6 +357,7 @@ class _Handler(BaseHTTPRequestHandler):
     models = None
     metrics = None
     metrics_path = None
+    exposition = None
 
     def log_message(self, *args):  # requests are not logged line by line
         pass
@@ -417,7 +423,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 - http.server's name
         if self.metrics is not None and self.path == self.metrics_path:
-            self._send_text(HTTPStatus.OK, self.metrics.exposition(self.models).decode("utf-8"),
+            self._send_text(HTTPStatus.OK, self.exposition().decode("utf-8"),
                             "text/plain; version=0.0.4; charset=utf-8")
             return
         self._handle("GET")

@@ -30,12 +30,14 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Optional, Sequence
 
 from serving import config as tfs_config
-from serving import quiet
+from serving import quiet, supervisor
 from serving.batching import BatchingOptions
 from serving.limits import RequestLimits
+from serving.process_group import ProcessGroup
 
 
 def _flag(value: str) -> bool:
@@ -78,8 +80,29 @@ def build_parser() -> argparse.ArgumentParser:
                         help="merge concurrent requests into one model call (also --enable_batching=true)")
     parser.add_argument("--batching_parameters_file", default=None,
                         help="BatchingParameters text proto (default: serving/batching.config's defaults)")
+    parser.add_argument("--server_processes", type=int, default=1,
+                        help="processes serving the same ports (SO_REUSEPORT; one per core, as gRPC advises for "
+                             "Python servers): each loads every model, reloads reach all, metrics sum all "
+                             "(serving.supervisor)")
+    parser.add_argument("--process_group", type=ProcessGroup.parse, default=None,
+                        help=argparse.SUPPRESS)  # set by serving.supervisor for each of its processes
     quiet.add_verbose_flag(parser)
     return parser
+
+
+def read_options(args: argparse.Namespace) -> tuple[Optional[BatchingOptions], object]:
+    """The batching options and the MonitoringConfig (or None) the flags ask for.
+
+    Raises:
+        tfs_config.ConfigError: A file that cannot be used.
+    """
+    batching = None
+    if args.enable_batching:
+        batching = BatchingOptions()
+        if args.batching_parameters_file:
+            batching = BatchingOptions.from_proto(tfs_config.read_batching_parameters(args.batching_parameters_file))
+    monitoring = tfs_config.read_monitoring_config(args.monitoring_config_file) if args.monitoring_config_file else None
+    return batching, monitoring
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -88,7 +111,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Returns:
         0 once stopped; 2 for a config file that cannot be used or a port that cannot be bound.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if args.server_processes < 1:
+        print(f"error: --server_processes must be at least 1, got {args.server_processes}", file=sys.stderr)
+        return 2
+    if args.server_processes > 1:  # a supervisor, without TensorFlow: the files are checked once, here
+        try:
+            tfs_config.read_model_config(Path(args.model_config_file))
+            read_options(args)
+        except tfs_config.ConfigError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return supervisor.serve(argv, args.host, args.port, args.rest_api_port, args.server_processes)
     quiet.import_tensorflow(args.verbose)
     # Only now, TensorFlow being imported quietly: the server's modules import it.
     import tensorflow as tf
@@ -102,22 +137,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
     tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
     try:
-        batching = None
-        if args.enable_batching:
-            batching = BatchingOptions()
-            if args.batching_parameters_file:
-                batching = BatchingOptions.from_proto(tfs_config.read_batching_parameters(args.batching_parameters_file))
+        batching, monitoring = read_options(args)
         max_workers = args.max_workers or max(16, 2 * batching.max_batch_size if batching else 0)
-        monitoring = (tfs_config.read_monitoring_config(args.monitoring_config_file)
-                      if args.monitoring_config_file else None)
         server = Server(args.model_config_file, args.host, args.port, args.file_system_poll_wait_seconds,
                         args.model_config_file_poll_wait_seconds, max_workers, batching,
                         args.rest_api_port, monitoring,
                         RequestLimits(args.max_request_rows, args.max_request_elements),
                         args.allowed_model_root, args.allow_version_labels_for_unavailable_models,
                         config_pb2.ConfigProto(intra_op_parallelism_threads=args.tensorflow_intra_op_parallelism,
-                                               inter_op_parallelism_threads=args.tensorflow_inter_op_parallelism)
-                        ).start()
+                                               inter_op_parallelism_threads=args.tensorflow_inter_op_parallelism),
+                        args.process_group).start()
     except (tfs_config.ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

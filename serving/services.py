@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import grpc
 from tensorflow_serving.apis import (
@@ -39,6 +39,7 @@ from serving.models import (
     status_response,
 )
 from serving.prediction import Predictor
+from serving.process_group import ProcessGroup, forwarded
 from serving.requests import ModelQuery, decode_tensor_protos, require_model_spec
 from serving.saved_model_bundle import signature_key
 
@@ -157,11 +158,13 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         allowed_roots: Directories a reload request may point base paths into.
         allow_labels_for_unavailable: Accept labels naming a version not loaded
             (--allow_version_labels_for_unavailable_models).
+        group: The processes sharing this server's ports, each told of every reload (None: alone).
     """
 
     def __init__(self, models: ModelManager, allowed_roots: Sequence[Path] = (),
-                 allow_labels_for_unavailable: bool = False):
+                 allow_labels_for_unavailable: bool = False, group: Optional[ProcessGroup] = None):
         self.models = models
+        self.group = group
         self.allowed_roots = list(allowed_roots)
         self.allow_labels_for_unavailable = allow_labels_for_unavailable
 
@@ -175,7 +178,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             context.abort(error.code, error.message)
 
     def HandleReloadConfigRequest(self, request, context):
-        """A reload that fails fails the call itself, with the code and message (model_service_impl.cc)."""
+        """A reload that fails fails the call itself, with the code and message (model_service_impl.cc).
+
+        In a group of processes, one that applies a config passes it on to the others and
+        answers once all have (the first failure, if any).
+        """
         try:
             try:
                 tfs_config.validate_model_config(request.config, "reload request")
@@ -183,12 +190,20 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
                 tfs_config.check_base_paths_within(request.config, self.allowed_roots, "reload request")
             except tfs_config.ConfigError as error:  # the served models stay as they were
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+            failure = None
             try:
                 self.models.set_config(request.config)
             except Exception as error:  # noqa: BLE001
                 log.exception("applying a new model config failed")
-                raise ServingError(grpc.StatusCode.INTERNAL,
-                                   f"the new config is in place, but applying it failed: {error}") from None
+                failure = ServingError(grpc.StatusCode.INTERNAL,
+                                       f"the new config is in place, but applying it failed: {error}")
+            if self.group is not None and not forwarded(context):
+                try:
+                    self.group.forward_reload(request)  # every process serves what one was told
+                except ServingError as error:
+                    failure = failure or error
+            if failure is not None:
+                raise failure
             unavailable = [] if self.allow_labels_for_unavailable else self.models.unavailable_labels()
             if unavailable:  # the models are reloaded, the label cannot serve
                 raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f"{unavailable[0]}; requests by that label "
