@@ -79,6 +79,51 @@ def zero_states(weights: list[LayerWeights], batch: tf.Tensor) -> tuple[tf.Tenso
     return tuple(states)
 
 
+def project_input(layer: LayerWeights, x: tf.Tensor) -> tf.Tensor:
+    """x_t W_x + b: the part of a step that does not depend on the state.
+
+    Args:
+        layer: Its weights.
+        x: Inputs `[batch, input_dim]`, or a whole sequence `[batch, time, input_dim]`: then
+            every step's projection comes from one matrix product instead of one per step
+            (as cuDNN runs a layer), which is how a prompt is read.
+
+    Returns:
+        `[..., gates * units]`: the input's share of every gate (the GRU's input bias included).
+    """
+    bias = layer.bias[0] if layer.kind == "gru" else layer.bias
+    return tf.matmul(x, layer.kernel) + bias
+
+
+def recurrent_update(layer: LayerWeights, projected: tf.Tensor, states: tuple[tf.Tensor, ...]):
+    """The rest of one step of one layer, from the input's projection (`project_input`).
+
+    Args:
+        layer: Its weights.
+        projected: x_t W_x + b, `[batch, gates * units]`.
+        states: `(h,)` or, for the LSTM, `(h, c)`.
+
+    Returns:
+        The output h_t `[batch, units]` and the new states.
+    """
+    h = states[0]
+    if layer.kind == "simple_rnn":
+        h = tf.tanh(projected + tf.matmul(h, layer.recurrent_kernel))
+        return h, (h,)
+    if layer.kind == "lstm":
+        i, f, g, o = tf.split(projected + tf.matmul(h, layer.recurrent_kernel), 4, axis=1)
+        c = tf.sigmoid(f) * states[1] + tf.sigmoid(i) * tf.tanh(g)
+        h = tf.sigmoid(o) * tf.tanh(c)
+        return h, (h, c)
+    x_z, x_r, x_n = tf.split(projected, 3, axis=1)
+    h_z, h_r, h_n = tf.split(tf.matmul(h, layer.recurrent_kernel) + layer.bias[1], 3, axis=1)
+    z = tf.sigmoid(x_z + h_z)
+    r = tf.sigmoid(x_r + h_r)
+    n = tf.tanh(x_n + r * h_n)
+    h = z * h + (1.0 - z) * n
+    return h, (h,)
+
+
 def layer_step(layer: LayerWeights, x: tf.Tensor, states: tuple[tf.Tensor, ...]):
     """One step of one layer.
 
@@ -90,23 +135,7 @@ def layer_step(layer: LayerWeights, x: tf.Tensor, states: tuple[tf.Tensor, ...])
     Returns:
         The output h_t `[batch, units]` and the new states.
     """
-    h = states[0]
-    if layer.kind == "simple_rnn":
-        h = tf.tanh(tf.matmul(x, layer.kernel) + tf.matmul(h, layer.recurrent_kernel) + layer.bias)
-        return h, (h,)
-    if layer.kind == "lstm":
-        z = tf.matmul(x, layer.kernel) + tf.matmul(h, layer.recurrent_kernel) + layer.bias
-        i, f, g, o = tf.split(z, 4, axis=1)
-        c = tf.sigmoid(f) * states[1] + tf.sigmoid(i) * tf.tanh(g)
-        h = tf.sigmoid(o) * tf.tanh(c)
-        return h, (h, c)
-    x_z, x_r, x_n = tf.split(tf.matmul(x, layer.kernel) + layer.bias[0], 3, axis=1)
-    h_z, h_r, h_n = tf.split(tf.matmul(h, layer.recurrent_kernel) + layer.bias[1], 3, axis=1)
-    z = tf.sigmoid(x_z + h_z)
-    r = tf.sigmoid(x_r + h_r)
-    n = tf.tanh(x_n + r * h_n)
-    h = z * h + (1.0 - z) * n
-    return h, (h,)
+    return recurrent_update(layer, project_input(layer, x), states)
 
 
 def stack_step(weights: list[LayerWeights], x: tf.Tensor, states: tuple[tf.Tensor, ...]):
@@ -121,3 +150,39 @@ def stack_step(weights: list[LayerWeights], x: tf.Tensor, states: tuple[tf.Tenso
         new_states.extend(layer_states)
         offset += layer.state_count
     return x, tuple(new_states)
+
+
+def read_sequences(weights: list[LayerWeights], x: tf.Tensor, lengths: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """Run right-padded sequences through the stack, a layer at a time; return each row's final states.
+
+    Equal to `stack_step` over the steps, row i stopping after `lengths[i]`
+    (its states then stay as they were), but cheaper for a prompt: each
+    layer's input projection is one matrix product over all steps, and the
+    loop is left with the recurrent product and the gates. A row of length 0
+    keeps the zero states.
+
+    Args:
+        weights: The stack, bottom to top.
+        x: Inputs `[batch, time, input_dim]`.
+        lengths: `[batch]` int32, each row's number of real steps.
+
+    Returns:
+        The flattened final states, as `stack_step` returns them.
+    """
+    batch, steps = tf.shape(x)[0], tf.shape(x)[1]
+    final_states = []
+    for index, layer in enumerate(weights):
+        projected = tf.transpose(project_input(layer, x), [1, 0, 2])  # time-major: one slice per step
+        states = zero_states([layer], batch)
+        top = index == len(weights) - 1
+        outputs = tf.TensorArray(tf.float32, size=0 if top else steps)  # the next layer's inputs
+        for t in tf.range(steps):
+            h, new_states = recurrent_update(layer, projected[t], states)
+            active = (t < lengths)[:, None]  # rows past their end keep their states
+            states = tuple(tf.where(active, new, old) for new, old in zip(new_states, states))
+            if not top:
+                outputs = outputs.write(t, h)
+        if not top:
+            x = tf.transpose(outputs.stack(), [1, 0, 2])
+        final_states.extend(states)
+    return tuple(final_states)

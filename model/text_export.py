@@ -128,14 +128,10 @@ class TextModelSignatures:
         ids = tf.cast(self.lookup(tokens), tf.int32)  # unknown tokens -> OOV id
         lengths = tf.cast(ids.row_lengths(), tf.int32)
         padded = ids.to_tensor(0)  # right-padded
-        batch = tf.shape(padded)[0]
-        states = recurrent_step.zero_states(weights.layers, batch)
-        logits = tf.tile(self._unigram_logits[None, :], [batch, 1])  # an empty prompt's answer
-        for t in tf.range(tf.shape(padded)[1]):
-            step_logits, step_states = self._step(weights, padded[:, t], states)
-            active = (t < lengths)[:, None]  # rows past their prompt keep their state
-            logits = tf.where(active, step_logits, logits)
-            states = tuple(tf.where(active, new, old) for new, old in zip(step_states, states))
+        states = recurrent_step.read_sequences(weights.layers, tf.gather(weights.embedding, padded), lengths)
+        top_h = states[-weights.layers[-1].state_count]  # the top layer's h at each row's last token
+        logits = tf.matmul(top_h, weights.output_kernel) + weights.output_bias
+        logits = tf.where((lengths > 0)[:, None], logits, self._unigram_logits)  # an empty prompt: unigrams
         return logits, states, lengths
 
     def _check_batch(self, text, *others):

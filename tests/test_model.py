@@ -98,6 +98,29 @@ def test_explicit_step_matches_the_keras_layers(cell):
         np.testing.assert_allclose(dense(h).numpy(), expected[:, t], atol=1e-5)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_reading_whole_sequences_matches_stepping_each_row_to_its_length(cell):
+    """read_sequences (a layer at a time, inputs projected at once) ends where stepping the stack ends."""
+    keras.utils.set_random_seed(0)
+    model = build_next_token_model(VOCAB, ModelConfig(cell=cell, units=6, layers=2, embedding_dim=5))
+    for variable in model.weights:
+        variable.assign(np.random.default_rng(1).normal(0, 0.5, variable.shape).astype(np.float32))
+    layers = [recurrent_step.read_weights(layer) for layer in model.layers if isinstance(layer, keras.layers.RNN)]
+    embedding = model.get_layer("embedding").embeddings.numpy()
+    lengths = np.array([9, 4, 0, 1], np.int32)  # a full row, a short one, an empty one, a single token
+    ids = np.random.default_rng(2).integers(1, VOCAB, size=(4, 9)).astype(np.int32)
+    ids[np.arange(9)[None, :] >= lengths[:, None]] = 0  # right-padded, as the export pads prompts
+
+    final = recurrent_step.read_sequences(layers, tf.gather(embedding, ids), tf.constant(lengths))
+
+    for row, length in enumerate(lengths):
+        states = recurrent_step.zero_states(layers, 1)
+        for t in range(length):
+            _, states = recurrent_step.stack_step(layers, tf.gather(embedding, ids[row:row + 1, t]), states)
+        for got, want in zip(final, states):
+            np.testing.assert_allclose(got.numpy()[row], want.numpy()[0], atol=1e-5)
+
+
 def test_unsupported_layers_are_refused():
     layer = keras.layers.GRU(4, reset_after=False)
     layer.build((None, None, 3))
