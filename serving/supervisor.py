@@ -3,8 +3,11 @@
     python -m serving.server --model_config_file serving/models.config --port 8500 --server_processes 2
 
 A Python process runs one thread of Python at a time, and this server spends
-about as long in gRPC's and its own Python as in the model
-(docs/benchmarks.md#serving), so one process cannot keep two cores busy. As
+about as long in gRPC's and its own Python as in the model, so on a machine
+with more cores than one process's GIL can feed, more processes serve more.
+(On this project's 2-core machine, with the clients on the same cores, the
+CPU runs out first: two processes served no more than one,
+docs/benchmarks.md#serving.) As
 in `grpc/examples/python/multiprocessing`, the supervisor reserves the ports
 (a socket bound with SO_REUSEPORT, never listening: a server without the
 option cannot take the port meanwhile) and starts `--server_processes` copies
