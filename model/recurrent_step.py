@@ -8,6 +8,11 @@ a step, and keeps cuDNN kernels out of exported graphs: these are plain
 MatMul/Sigmoid/Tanh ops that any CPU-only TensorFlow Serving runs. A test
 checks the step against the Keras layers, for all three cells.
 
+A step is split in two: the input's projection x_t W_x + b (`project_input`),
+which for a prompt known in full is one product over all its steps
+(`read_sequences`, as cuDNN runs a layer), and the recurrent update
+(`recurrent_update`), which must go step by step.
+
     SimpleRNN  h_t = tanh(x_t W_x + h_{t-1} W_h + b)
     LSTM       [i, f, g, o] = x_t W_x + h_{t-1} W_h + b
                c_t = σ(f) * c_{t-1} + σ(i) * tanh(g);  h_t = σ(o) * tanh(c_t)

@@ -22,8 +22,10 @@ Every input and output has a leading batch dimension, as TensorFlow
 Serving's batching requires of every signature it runs (at least one input;
 outputs split back by rows): that is why `metadata` takes an input at all.
 
-Inference steps the recurrent *cells* one token at a time and carries their
-state, so n new tokens cost n steps (no window is ever re-fed). Using the
+Generation steps the recurrent *cells* one token at a time and carries their
+state, so n new tokens cost n steps (no window is ever re-fed); a prompt is
+read a layer at a time, each layer's input projection in one product over
+all its steps (`recurrent_step.read_sequences`). Using the
 cells also keeps cuDNN out of the graph: a model trained on a GPU exports
 only ops that a CPU-only TensorFlow Serving can run.
 """
