@@ -109,8 +109,8 @@ def run(requests_per_client: int) -> dict:
 
     with tempfile.TemporaryDirectory() as workdir:
         config = export_models(Path(workdir))
-        server, target = start_server(config, "--file_system_poll_wait_seconds", "0", "--enable_batching",
-                                      "--batching_parameters_file", str(ROOT / "serving" / "batching.config"))
+        (server,), target = start_server(config, "--file_system_poll_wait_seconds", "0", "--enable_batching",
+                                         "--batching_parameters_file", str(ROOT / "serving" / "batching.config"))
         try:
             context = multiprocessing.get_context("spawn")
             done, progress = context.Queue(), context.Value("l", 0)
