@@ -1,6 +1,6 @@
 """Benchmarks of the embedded server over loopback gRPC, against in-process calls.
 
-    python -m bench.serving          # about 3 minutes on 2 cores
+    python -m bench.serving          # about 4 minutes on 2 cores
 
 - latency: p50/p99 of a next-token Predict (one 40-character prompt) through
   gRPC, against calling the same signature in-process (`tf.saved_model.load`,
