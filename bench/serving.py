@@ -90,7 +90,7 @@ Servers = dict[str, tuple[list[subprocess.Popen], str]]  # name -> its processes
 
 
 def start_server(config: Path, *flags: str) -> tuple[list[subprocess.Popen], str]:
-    """`python -m serving.server` on a free port, as `make serve` starts it; returns its process and its address."""
+    """`python -m serving.server` on a free port, as `make serve` starts it; returns [its process] and its address."""
     port = free_port()
     return [_started([sys.executable, "-m", "serving.server", "--model_config_file", str(config),
                       "--port", str(port), *SERVER_THREADS, *flags])], f"127.0.0.1:{port}"

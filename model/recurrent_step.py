@@ -180,7 +180,8 @@ def read_sequences(weights: list[LayerWeights], x: tf.Tensor, lengths: tf.Tensor
         projected = tf.transpose(project_input(layer, x), [1, 0, 2])  # time-major: one slice per step
         states = zero_states([layer], batch)
         top = index == len(weights) - 1
-        outputs = tf.TensorArray(tf.float32, size=0 if top else steps)  # the next layer's inputs
+        # The next layer's inputs (empty for the top layer: AutoGraph's loop needs it defined, not None).
+        outputs = tf.TensorArray(tf.float32, size=0 if top else steps)
         for t in tf.range(steps):
             h, new_states = recurrent_update(layer, projected[t], states)
             active = (t < lengths)[:, None]  # rows past their end keep their states

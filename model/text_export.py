@@ -112,7 +112,11 @@ class TextModelSignatures:
         """Feed one token id per row; return next-token logits (over all ids) and new states."""
         x = tf.gather(weights.embedding, token_ids)
         h, states = recurrent_step.stack_step(weights.layers, x, states)
-        return tf.matmul(h, weights.output_kernel) + weights.output_bias, states
+        return self._logits(weights, h), states
+
+    def _logits(self, weights: _Weights, h: tf.Tensor) -> tf.Tensor:
+        """Next-token logits (over all ids) from the top layer's output."""
+        return tf.matmul(h, weights.output_kernel) + weights.output_bias
 
     def _encode(self, weights: _Weights, text: tf.Tensor):
         """Run the prompts through the network; return last logits, states and prompt lengths."""
@@ -132,8 +136,8 @@ class TextModelSignatures:
         padded = ids.to_tensor(0)  # right-padded
         states = recurrent_step.read_sequences(weights.layers, tf.gather(weights.embedding, padded), lengths)
         top_h = states[-weights.layers[-1].state_count]  # the top layer's h at each row's last token
-        logits = tf.matmul(top_h, weights.output_kernel) + weights.output_bias
-        logits = tf.where((lengths > 0)[:, None], logits, self._unigram_logits)  # an empty prompt: unigrams
+        # An empty prompt has no state yet: the unigram distribution answers it.
+        logits = tf.where((lengths > 0)[:, None], self._logits(weights, top_h), self._unigram_logits)
         return logits, states, lengths
 
     def _check_batch(self, text, *others):
